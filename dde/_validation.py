@@ -1,0 +1,84 @@
+"""Input validation shared by every entry point (models, samplers, estimators, CLI).
+
+Messages follow scikit-learn's so that users who know `check_array` recognise them:
+NaN/inf, 1-D input ("Reshape your data"), empty input, wrong feature count, non-numeric dtype.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def check_data(x, *, name: str = "X", n_features: int | None = None, owner: str = "the model",
+               dtype=np.float32, allow_1d_as_column: bool = False) -> np.ndarray:
+    """Validate a data matrix and return it as a C-contiguous NumPy array of `dtype`.
+
+    x: array-like of shape [n, d] with n ≥ 1, d ≥ 1, finite numeric entries.
+    n_features: the feature count the caller expects (None: any).
+    Raises TypeError for non-numeric data, ValueError for everything else, naming the problem.
+    """
+    if hasattr(x, "numpy") and callable(x.numpy):  # eager tf.Tensor / keras tensor
+        x = x.numpy()
+    try:
+        arr = np.asarray(x)
+    except Exception as err:  # ragged nested lists and the like
+        raise ValueError(f"{name} could not be converted to an array: {err}") from err
+    if arr.dtype == object:
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"{name} has a non-numeric dtype (object); expected real numbers.") from err
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} has a non-numeric dtype ({arr.dtype}); expected real numbers "
+            "(integers or floats).")
+    if arr.ndim == 1 and allow_1d_as_column:
+        arr = arr[:, None]
+    if arr.ndim == 0:
+        raise ValueError(f"Expected 2D array for {name}, got a scalar instead.")
+    if arr.ndim == 1:
+        raise ValueError(
+            f"Expected 2D array for {name}, got 1D array instead:\narray={_preview(arr)}.\n"
+            "Reshape your data either using array.reshape(-1, 1) if your data has a single "
+            "feature or array.reshape(1, -1) if it contains a single sample.")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"Found array with dim {arr.ndim} for {name} (shape={arr.shape}); expected a 2D "
+            "array of shape [n_samples, n_features].")
+    if arr.shape[0] == 0:
+        raise ValueError(
+            f"Found array with 0 sample(s) (shape={arr.shape}) in {name} while a minimum of 1 "
+            "is required.")
+    if arr.shape[1] == 0:
+        raise ValueError(
+            f"Found array with 0 feature(s) (shape={arr.shape}) in {name} while a minimum of 1 "
+            "is required.")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        what = "NaN" if np.isnan(arr).any() else "infinity or a value too large for " + str(
+            np.dtype(dtype))
+        raise ValueError(f"Input {name} contains {what}.")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} features, but {owner} is expecting {n_features} "
+            "features as input.")
+    return arr
+
+
+def check_positive(value, name: str, *, integer: bool = False, allow_zero: bool = False):
+    """Return `value` if it is a finite positive (or non-negative) number, else raise."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise TypeError(
+            f"{name} must be {'an integer' if integer else 'a real number'}, got {value!r}.")
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
+    return value
+
+
+def _preview(arr: np.ndarray) -> str:
+    text = np.array2string(arr[:6], threshold=6)
+    return text if arr.size <= 6 else text[:-1] + " ...]"

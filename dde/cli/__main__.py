@@ -1,0 +1,5 @@
+import sys
+
+from dde.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""Packaging for dde, a TensorFlow toolkit for Denoising Density Estimators."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+
+setup(
+    name="dde",
+    version="0.1.0",
+    description=(
+        "Denoising Density Estimators in Keras: learned log-densities, Langevin sampling, "
+        "partition functions, probability-flow likelihoods and anomaly scoring."
+    ),
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dde", "dde.*"]),
+    install_requires=[
+        "tensorflow>=2.18",
+        "keras>=3.6",
+        "tensorflow-probability>=0.25",
+        # TFP imports tf_keras on first use; its version must track TensorFlow's.
+        "tf-keras>=2.18",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "matplotlib>=3.8",
+        "scikit-learn>=1.5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "nbclient>=0.10",
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
+        ],
+        "notebooks": ["jupyter", "nbformat>=5.10", "ipykernel>=6.29"],
+        "benchmarks": ["pandas>=2.0", "h5py>=3.10"],
+    },
+    entry_points={"console_scripts": ["dde=dde.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
