@@ -1,0 +1,80 @@
+"""End-to-end tests of `dde fit` (the main job) in a temporary directory."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from dde.cli import main
+
+
+def test_fit_default_dataset_writes_model_metrics_and_plots(tmp_path, capsys):
+    out = tmp_path / "demo"
+    status = main(["fit", "--out", str(out), "--epochs", "2", "--num-samples", "2000",
+                   "--width", "32", "--quiet"])
+    assert status == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["density.png", "metrics.json", "model.keras", "score_field.png",
+                     "training_curves.png"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"] == "8gaussians"
+    assert metrics["dimension"] == 2 and metrics["n_train"] == 1800
+    assert np.isfinite(metrics["final_loss"]) and np.isfinite(metrics["final_val_loss"])
+    assert metrics["noise_std"] == pytest.approx(0.1)
+    assert metrics["training_seconds"] > 0
+    model = keras.models.load_model(out / "model.keras")
+    assert model.input_dim == 2
+    assert "final loss" in capsys.readouterr().out
+
+
+def test_fit_user_csv_with_schedule(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.csv"
+    np.savetxt(data, rng.normal(size=(300, 3)), delimiter=",", header="a,b,c", comments="")
+    out = tmp_path / "run"
+    status = main(["fit", "--data", str(data), "--out", str(out), "--epochs", "3",
+                   "--batch-size", "32", "--noise-std", "0.4", "--min-noise-std", "0.1",
+                   "--decay-factor", "0.5", "--decay-every", "9", "--quiet", "--width", "16"])
+    assert status == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dimension"] == 3
+    # 270 training points at batch 32 → 9 batches per epoch: σ halves after each epoch.
+    np.testing.assert_allclose(metrics["history"]["noise_std"], [0.4, 0.2, 0.1], rtol=1e-6)
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model.keras",
+                                                     "training_curves.png"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("1,2\n3,nan\n", "NaN"),
+    ("1,2\n3,x\n", "Could not read"),
+    ("", "Could not read"),
+])
+def test_fit_bad_data_file_exits_2_and_writes_nothing(tmp_path, capsys, content, message):
+    data = tmp_path / "bad.csv"
+    data.write_text(content)
+    out = tmp_path / "out"
+    assert main(["fit", "--data", str(data), "--out", str(out), "--quiet"]) == 2
+    assert not out.exists()
+    assert message in capsys.readouterr().err
+
+
+def test_fit_bad_arguments_exit_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", "--out", str(out), "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+    assert main(["fit", "--dataset", "no_such_set", "--out", str(out)]) == 2
+    assert "no_such_set" in capsys.readouterr().err
+    assert main(["fit", "--data", str(tmp_path / "missing.npy"), "--out", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "dde.cli", "fit", "--help"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0
+    for flag in ("--dataset", "--data", "--out", "--epochs", "--noise-std", "--seed"):
+        assert flag in result.stdout
