@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +102,19 @@ def read_array(path) -> np.ndarray:
 def _read_csv(path: Path) -> np.ndarray:
     with open(path, encoding="utf-8") as handle:
         first = handle.readline()
+        if not first.strip() and not handle.read().strip():
+            raise ValueError(f"{path} is empty.")
     cells = [c.strip() for c in first.split(",")]
     skip = 0
     try:
         [float(c) for c in cells if c]
     except ValueError:
         skip = 1  # a header row of column names
-    data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+        data = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError(f"{path} holds no data rows.")
     return data
 
 

@@ -23,7 +23,9 @@ def test_fit_default_dataset_writes_model_metrics_and_plots(tmp_path, capsys):
     assert metrics["data"] == "8gaussians"
     assert metrics["dimension"] == 2 and metrics["n_train"] == 1800
     assert np.isfinite(metrics["final_loss"]) and np.isfinite(metrics["final_val_loss"])
-    assert metrics["noise_std"] == pytest.approx(0.1)
+    assert metrics["noise_std"] == pytest.approx(0.1)  # the schedule reached its floor
+    assert metrics["initial_noise_std"] == pytest.approx(0.5)
+    assert max(metrics["history"]["noise_std"]) > 0.1
     assert metrics["training_seconds"] > 0
     model = keras.models.load_model(out / "model.keras")
     assert model.input_dim == 2
@@ -36,8 +38,9 @@ def test_fit_user_csv_with_schedule(tmp_path):
     np.savetxt(data, rng.normal(size=(300, 3)), delimiter=",", header="a,b,c", comments="")
     out = tmp_path / "run"
     status = main(["fit", "--data", str(data), "--out", str(out), "--epochs", "3",
-                   "--batch-size", "32", "--noise-std", "0.4", "--min-noise-std", "0.1",
-                   "--decay-factor", "0.5", "--decay-every", "9", "--quiet", "--width", "16"])
+                   "--batch-size", "32", "--initial-noise-std", "0.4", "--noise-std", "0.1",
+                   "--decay-factor", "0.5", "--decay-every", "9", "--quiet", "--width", "16",
+                   "--lr-schedule", "constant"])
     assert status == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dimension"] == 3
@@ -50,7 +53,8 @@ def test_fit_user_csv_with_schedule(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("1,2\n3,nan\n", "NaN"),
     ("1,2\n3,x\n", "Could not read"),
-    ("", "Could not read"),
+    ("", "is empty"),
+    ("a,b\n", "no data rows"),
 ])
 def test_fit_bad_data_file_exits_2_and_writes_nothing(tmp_path, capsys, content, message):
     data = tmp_path / "bad.csv"

@@ -4,6 +4,9 @@
     dde fit --dataset breast_cancer --out runs/bc
     dde fit --data mydata.csv --epochs 200 --noise-std 0.2 --out runs/mine
 
+σ starts at --initial-noise-std and decays geometrically to --noise-std, the level whose
+smoothed density the model learns; the learning rate follows a cosine decay.
+
 Writes into OUT: `model.keras`, `metrics.json` (final losses, σ, training time, data set, ...),
 `training_curves.png`, and for 2-D data `density.png` and `score_field.png`. Every file is
 written atomically; bad input stops the run before anything is written.
@@ -40,18 +43,23 @@ def add_parser(subparsers) -> None:
                         "(default: 0.1); bundled UCI sets use their fixed validation split")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
     p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
-    p.add_argument("--learning-rate", type=float, default=2e-3,
-                   help="Adam learning rate (default: 2e-3)")
+    p.add_argument("--learning-rate", type=float, default=3e-3,
+                   help="initial Adam learning rate (default: 3e-3)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="learning-rate schedule: cosine decay to 0 over the run, or constant "
+                        "(default: cosine)")
     p.add_argument("--noise-std", type=float, default=0.1,
-                   help="noise level σ of denoising score matching (default: 0.1); the "
+                   help="final noise level σ of denoising score matching (default: 0.1): the "
                         "model learns the data density smoothed by N(0, σ²I)")
-    p.add_argument("--min-noise-std", type=float, default=None,
-                   help="decay σ geometrically during training down to this floor "
-                        "(NoiseStdSchedule); off by default")
-    p.add_argument("--decay-factor", type=float, default=0.9091,
-                   help="σ decay factor of the schedule (default: 0.9091)")
-    p.add_argument("--decay-every", type=int, default=1000,
-                   help="batches between σ decays (default: 1000)")
+    p.add_argument("--initial-noise-std", type=float, default=0.5,
+                   help="σ at the start of training (default: 0.5); σ decays geometrically "
+                        "(NoiseStdSchedule) down to --noise-std, which it reaches after about "
+                        "60%% of the batches. Equal to --noise-std: a fixed σ")
+    p.add_argument("--decay-factor", type=float, default=0.8,
+                   help="factor of each σ decay step (default: 0.8)")
+    p.add_argument("--decay-every", type=int, default=None,
+                   help="batches between σ decay steps (default: chosen so that σ reaches "
+                        "--noise-std after about 60%% of the batches)")
     p.add_argument("--depth", type=int, default=3, help="hidden layers (default: 3)")
     p.add_argument("--width", type=int, default=128, help="hidden units (default: 128)")
     p.add_argument("--activation", default="softplus",
@@ -86,6 +94,12 @@ def load_training_data(args):
     return x_train, x_val, name
 
 
+def _decay_every(initial, final, factor, total_steps, fraction=0.6):
+    """Batches between σ decays so that σ reaches `final` after `fraction` of the steps."""
+    decays = int(np.ceil(np.log(final / initial) / np.log(factor)))
+    return max(1, int(fraction * total_steps / max(decays, 1)))
+
+
 def _split(x, fraction, seed):
     n_val = int(round(len(x) * fraction))
     if n_val == 0:
@@ -101,8 +115,13 @@ def run(args) -> int:
 
     for flag in ("epochs", "batch_size", "depth", "width"):
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True)
-    for flag in ("learning_rate", "noise_std"):
+    for flag in ("learning_rate", "noise_std", "initial_noise_std", "decay_factor"):
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.initial_noise_std < args.noise_std:
+        raise ValueError(f"--initial-noise-std ({args.initial_noise_std}) must be at least "
+                         f"--noise-std ({args.noise_std}).")
+    if args.decay_factor >= 1 and args.initial_noise_std > args.noise_std:
+        raise ValueError(f"--decay-factor must be < 1 to decay σ, got {args.decay_factor}.")
     x_train, x_val, data_name = load_training_data(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -117,13 +136,19 @@ def run(args) -> int:
     d = x_train.shape[1]
     network = dde.nets.energy_mlp(d, depth=args.depth, width=args.width,
                                   activation=args.activation)
-    model = dde.DenoisingDensityEstimator(network, noise_std=args.noise_std, seed=args.seed)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate))
+    model = dde.DenoisingDensityEstimator(network, noise_std=args.initial_noise_std,
+                                          seed=args.seed)
+    total_steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
+    learning_rate = args.learning_rate
+    if args.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, total_steps)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     callbacks = []
-    if args.min_noise_std is not None:
-        callbacks.append(dde.NoiseStdSchedule(factor=args.decay_factor,
-                                              every_n_batches=args.decay_every,
-                                              min_noise_std=args.min_noise_std))
+    if args.initial_noise_std > args.noise_std:
+        callbacks.append(dde.NoiseStdSchedule(
+            factor=args.decay_factor, min_noise_std=args.noise_std,
+            every_n_batches=args.decay_every or _decay_every(
+                args.initial_noise_std, args.noise_std, args.decay_factor, total_steps)))
     print(f"dde fit: {data_name}: {len(x_train)} training points, d = {d}"
           + (f", {len(x_val)} validation points" if x_val is not None else ""))
     start = time.perf_counter()
@@ -141,7 +166,8 @@ def run(args) -> int:
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "network": {"depth": args.depth, "width": args.width, "activation": args.activation},
-        "initial_noise_std": args.noise_std,
+        "initial_noise_std": args.initial_noise_std,
+        "learning_rate_schedule": args.lr_schedule,
         "noise_std": float(model.noise_std.numpy()),
         "final_loss": float(history.history["loss"][-1]),
         "final_val_loss": (float(history.history["val_loss"][-1])
@@ -174,6 +200,9 @@ def _write_plots(model, history, x_train, out: Path) -> None:
         figures["density.png"] = plotting.plot_density(model, bounds=bounds, data=x_train)
         figures["score_field.png"] = plotting.plot_score_field(model, bounds=bounds)
     elif x_train.shape[1] == 1:
-        figures["density.png"] = plotting.plot_density_1d(model, data=x_train)
+        lo, hi = float(x_train.min()), float(x_train.max())
+        pad = 0.15 * (hi - lo) + 1e-3
+        figures["density.png"] = plotting.plot_density_1d(model, bounds=(lo - pad, hi + pad),
+                                                          data=x_train)
     for name, fig in figures.items():
         _io.save_figure(fig, out / name, dpi=90)
