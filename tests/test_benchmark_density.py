@@ -1,0 +1,64 @@
+"""Smoke test of benchmarks/density.py: a `--quick` run on scikit-learn's iris data set
+writes a well-formed results.json (and the markdown beside it), with every method present.
+
+Deterministic (fixed seeds); the check is on structure and finiteness, not on values.
+"""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "density.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("density_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_results_json(tmp_path, capsys):
+    bench = _load_script()
+    out = tmp_path / "results.json"
+    assert bench.main(["--dataset", "iris", "--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "density" and report["quick"] is True
+    ds = report["datasets"]["iris"]
+    assert ds["d"] == 4 and ds["sizes"] == {"train": 90, "validation": 30, "test": 30}
+    assert set(ds["methods"]) == set(bench.METHODS)
+    for name, r in ds["methods"].items():
+        assert "error" not in r, (name, r.get("error"))
+        assert math.isfinite(r["test_all"]) and r["stderr"] >= 0, name
+        assert r["n_test"] == 30
+        assert r["train_time_s"] > 0 and r["eval_time_s"] >= 0
+    for name in ("DDE-IS", "DDE-AIS"):
+        r = ds["methods"][name]
+        assert math.isfinite(r["log_z"]) and r["log_z_stderr"] >= 0 and r["ess"] > 0
+        assert r["selected"]["noise_std"] == 0.3
+    assert ds["methods"]["KDE"]["selected"]["bandwidth"] > 0
+    assert ds["methods"]["GMM"]["selected"]["n_components"] in (1, 2)
+    # The markdown table lists every method and is printed and written next to the JSON.
+    text = out.with_suffix(".md").read_text()
+    for label in bench.LABELS.values():
+        assert label in text
+    assert "| iris | 4 | 90 / 30 / 30 |" in capsys.readouterr().out
+
+
+def test_bad_dataset_name_exits_2_before_training(tmp_path, capsys):
+    bench = _load_script()
+    out = tmp_path / "results.json"
+    assert bench.main(["--dataset", "no_such_set", "--quick", "--out", str(out)]) == 2
+    assert "Unknown data set" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_method_is_rejected():
+    bench = _load_script()
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--dataset", "iris", "--methods", "KDE,Magic"])
+    assert info.value.code == 2
