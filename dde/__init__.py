@@ -4,20 +4,89 @@ Learned un-normalized log-densities trained by denoising score matching, Langevi
 Monte Carlo partition functions, a score-network branch with probability-flow likelihoods,
 and anomaly scoring.
 """
-from dde import nets
+from dde import datasets, likelihood, nets, partition, plotting, sampling, score_sampling, sde
+from dde.anomaly import DDEAnomalyDetector
+from dde.likelihood import (
+    ODESolverError,
+    ProbabilityFlow,
+    ProbabilityFlowResult,
+    probability_flow_log_prob,
+)
 from dde.models import (
     DenoisingDensityEstimator,
     EnergyModel,
     NoiseConditionalDDE,
     NoiseStdSchedule,
 )
+from dde.partition import (
+    AverageLogLikelihood,
+    LogPartitionResult,
+    average_log_likelihood,
+    estimate_log_partition,
+    gaussian_mixture_proposal,
+    gaussian_proposal,
+    smoothed_empirical_proposal,
+    student_t_proposal,
+)
+from dde.sampling import (
+    AnnealedLangevinSampler,
+    LangevinSampler,
+    LogDensity,
+    MALASampler,
+    SamplerResults,
+)
+from dde.score import DDEScore, ScoreNetwork
+from dde.score_sampling import (
+    ProbabilityFlowSampler,
+    ReverseDiffusionSampler,
+    ScoreSamplerResults,
+)
+from dde.sde import SDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # models and networks
     "DenoisingDensityEstimator",
     "EnergyModel",
     "NoiseConditionalDDE",
     "NoiseStdSchedule",
     "nets",
+    # normalization
+    "AverageLogLikelihood",
+    "LogPartitionResult",
+    "average_log_likelihood",
+    "estimate_log_partition",
+    "gaussian_mixture_proposal",
+    "gaussian_proposal",
+    "smoothed_empirical_proposal",
+    "student_t_proposal",
+    "partition",
+    # Langevin sampling
+    "AnnealedLangevinSampler",
+    "LangevinSampler",
+    "LogDensity",
+    "MALASampler",
+    "SamplerResults",
+    "sampling",
+    # score-network branch
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "DDEScore",
+    "ScoreNetwork",
+    "ODESolverError",
+    "ProbabilityFlow",
+    "ProbabilityFlowResult",
+    "probability_flow_log_prob",
+    "ProbabilityFlowSampler",
+    "ReverseDiffusionSampler",
+    "ScoreSamplerResults",
+    "likelihood",
+    "score_sampling",
+    "sde",
+    # anomaly scoring, data, plots
+    "DDEAnomalyDetector",
+    "datasets",
+    "plotting",
 ]

@@ -366,6 +366,30 @@ class EnergyModel(keras.Model):
         self.log_z_stderr.assign(float(stderr))
         self.log_z_ess.assign(float(ess))
 
+    def normalize(self, x_train, method: str = "is", proposal="gaussian",
+                  num_samples: int | None = None, batch_size: int | None = None, seed=None,
+                  **options):
+        """Estimate log Ẑ = log ∫ exp f(x) dx by Monte Carlo and store it in the model.
+
+        x_train [N, d]: data the proposal is fitted to. method: "is" (importance sampling)
+        or "ais" (annealed importance sampling). proposal: "gaussian", "student_t", "gmm",
+        "smoothed" or a `tfp.distributions.Distribution` with event size d (AIS anneals from
+        it). The estimate comes with its standard error and effective sample size (ESS); a
+        small ESS warns (see `dde.partition`). num_samples: samples (IS,
+        default 100,000) or chains (AIS, default 1,000). seed: default the model's seed.
+        For a NoiseConditionalDDE, f(·, σ) is normalized at σ = `noise_std` (an option;
+        default sigma_min). Other options: see `dde.partition.estimate_model_log_partition`.
+        Afterwards `log_prob(x) = f(x) − log Ẑ`; log Ẑ, its standard error and the ESS are
+        saved with the model. Returns the `dde.partition.LogPartitionResult`.
+        """
+        from dde.partition import estimate_model_log_partition
+
+        result = estimate_model_log_partition(
+            self, x_train, method=method, proposal=proposal, num_samples=num_samples,
+            batch_size=batch_size, seed=seed, **options)
+        self.set_log_partition(result.log_z, result.stderr, result.ess)
+        return result
+
     def log_prob(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
         """Normalized log-density `f(x) − log Ẑ`: [n, d] → [n] float64. Needs `normalize`."""
         if not self.is_normalized:
@@ -390,6 +414,36 @@ class EnergyModel(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)
+
+    # ---------------------------------------------------------------------------- sampling
+    def sample(self, n: int, method: str = "ula", init=None, num_steps: int | None = None,
+               step_size: float | None = None, seed=None, progress: bool = False,
+               return_trajectory: bool = False, return_results: bool = False,
+               **sampler_options):
+        """Draw n samples from exp f by Langevin dynamics (n independent chains).
+
+        method: "ula" (unadjusted), "mala" (Metropolis-adjusted, step size adapted during
+        burn-in) or "annealed" (NoiseConditionalDDE only; over `noise_levels(num_levels)`).
+        init: starting points [n, d] (or [1, d]); default draws from N(data_mean, data_cov)
+        stored by `fit` (annealed: covariance + σ₁²I), a standard normal (with a warning) if
+        the model was not fit. num_steps: Langevin steps per chain (default 1000; MALA adds
+        num_burnin_steps = num_steps // 2; annealed: steps_per_level = num_steps //
+        num_levels). step_size h (x ← x + h∇f + sqrt(2h)ξ): default
+        `dde.sampling.default_step_size` — 0.1σ² (ULA), σ² adapted (MALA), 0.05σ_L²
+        (annealed). seed: an int for reproducible samples. progress: show a progress bar.
+        sampler_options: further arguments of the sampler layer (`dde.sampling`).
+
+        Returns the samples [n_ok, d] (chains whose state became NaN/inf are dropped with a
+        RuntimeWarning, so n_ok ≤ n); with return_trajectory, (samples, trajectory
+        [num_steps // thin, n_ok, d]); with return_results, the `SamplerResults` namedtuple
+        (samples, trajectory, acceptance_rate, num_diverged, step_size).
+        """
+        from dde.sampling import sample_model
+
+        return sample_model(self, n, method=method, init=init, num_steps=num_steps,
+                            step_size=step_size, seed=seed, progress=progress,
+                            return_trajectory=return_trajectory,
+                            return_results=return_results, **sampler_options)
 
 
 @keras.saving.register_keras_serializable(package="dde")

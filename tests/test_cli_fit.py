@@ -82,3 +82,24 @@ def test_console_script_help():
     assert result.returncode == 0
     for flag in ("--dataset", "--data", "--out", "--epochs", "--noise-std", "--seed"):
         assert flag in result.stdout
+
+
+def test_fit_detector_then_score(tmp_path):
+    """`dde fit --detector` writes a detector that `dde score` uses on new rows."""
+    rng = np.random.default_rng(1)
+    train = tmp_path / "train.csv"
+    np.savetxt(train, rng.normal(size=(400, 3)), delimiter=",")
+    new = tmp_path / "new.csv"
+    np.savetxt(new, np.vstack([rng.normal(size=(5, 3)), np.full((1, 3), 8.0)]), delimiter=",")
+    out = tmp_path / "det"
+    assert main(["fit", "--detector", "--data", str(train), "--out", str(out),
+                 "--max-steps", "30", "--quiet", "--contamination", "0.1"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["detector.zip", "metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_train"] == 400 and metrics["dimension"] == 3
+    scores = tmp_path / "scores.csv"
+    assert main(["score", "--model", str(out / "detector.zip"), "--data", str(new),
+                 "--out", str(scores)]) == 0
+    rows = scores.read_text().strip().splitlines()
+    assert len(rows) == 7  # header + 6 rows
+    assert rows[-1].split(",")[-1].strip() == "-1"  # the far point is flagged

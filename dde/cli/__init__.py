@@ -13,7 +13,7 @@ import os
 import sys
 
 # Sub-command modules, in the order `dde --help` lists them.
-COMMANDS = ["fit"]
+COMMANDS = ["fit", "sample", "normalize", "evaluate", "score"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,7 +67,14 @@ def add_parser(subparsers) -> None:
                         "softplus)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.add_argument("--detector", action="store_true",
+                   help="train a DDEAnomalyDetector (standardization, σ choice and threshold "
+                        "inside) on all training rows instead, and write OUT/detector.zip and "
+                        "metrics.json; score new rows with `dde score`")
+    from dde.cli.score import add_detector_arguments
+
+    add_detector_arguments(p)
+    p.set_defaults(run=run, _fit_parser=p)
 
 
 def load_training_data(args):
@@ -126,6 +133,8 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory.")
+    if args.detector:
+        return _run_detector(args, x_train, x_val, data_name, out)
 
     import keras
 
@@ -183,6 +192,28 @@ def run(args) -> int:
           + (f", validation loss {metrics['final_val_loss']:.4f}"
              if metrics["final_val_loss"] is not None else "")
           + f", σ = {metrics['noise_std']:.4g}, {seconds:.1f} s; wrote {out}/")
+    return 0
+
+
+# Options shared with the density model whose defaults belong to `dde fit`; for a detector,
+# only values the user gave explicitly are passed on (the detector has its own defaults).
+_SHARED_DETECTOR_OPTIONS = ("depth", "width", "activation", "batch_size", "learning_rate",
+                            "validation_split")
+
+
+def _run_detector(args, x_train, x_val, data_name, out: Path) -> int:
+    from dde import _io
+    from dde.cli.score import fit_detector
+
+    x = x_train if x_val is None else np.concatenate([x_train, x_val])
+    detector_args = argparse.Namespace(**vars(args))
+    for name in _SHARED_DETECTOR_OPTIONS:
+        if getattr(args, name) == args._fit_parser.get_default(name):
+            setattr(detector_args, name, None)
+    print(f"dde fit --detector: {data_name}: {len(x)} rows, d = {x.shape[1]}")
+    metrics = {"data": data_name, **fit_detector(detector_args, x)}
+    _io.write_json(out / "metrics.json", metrics)
+    print(f"dde fit --detector: wrote {out}/detector.zip and metrics.json")
     return 0
 
 

@@ -18,12 +18,10 @@ uniform noise of the grid width before standardization, so that densities exist.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 
 import numpy as np
 
-from dde.datasets import adbench, maf, uci
+from dde.datasets import adbench, maf, toy, uci
 from dde.datasets.tabular import SPLITS, DatasetNotFoundError, Splits, check_split
 
 TOY_SIZES = {"train": 10_000, "validation": 2_000, "test": 2_000}
@@ -34,22 +32,18 @@ __all__ = [
     "SPLITS",
     "Splits",
     "TOY_SIZES",
+    "adbench",
+    "maf",
+    "toy",
+    "uci",
     "list_datasets",
     "load_dataset",
     "load_splits",
 ]
 
 
-def _toy_module():
-    """`dde.datasets.toy` if it is installed (its import errors propagate), else None."""
-    if importlib.util.find_spec("dde.datasets.toy") is None:
-        return None
-    return importlib.import_module("dde.datasets.toy")
-
-
 def _toy_names() -> tuple:
-    toy = _toy_module()
-    return tuple(getattr(toy, "NAMES", ())) if toy is not None else ()
+    return toy.NAMES
 
 
 def list_datasets(data_dir=None) -> list:
@@ -61,11 +55,7 @@ def list_datasets(data_dir=None) -> list:
 
 
 def _toy_sample(name: str, split: str) -> np.ndarray:
-    sample = _toy_module().sample(name, TOY_SIZES[split], TOY_SEEDS[split])
-    if isinstance(sample, tuple):  # (x, extras...)
-        sample = sample[0]
-    sample = np.asarray(sample, dtype=np.float32)
-    return sample[:, None] if sample.ndim == 1 else sample
+    return toy.sample(name, TOY_SIZES[split], TOY_SEEDS[split])
 
 
 def load_splits(name: str, data_dir=None, **options) -> Splits:
