@@ -33,6 +33,9 @@ setup(
             "nbclient>=0.10",
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            # the MAF-suite loaders read a pandas pickle (GAS), CSV (HEPMASS) and HDF5
+            "pandas>=2.0",
+            "h5py>=3.10",
         ],
         "notebooks": ["jupyter", "nbformat>=5.10", "ipykernel>=6.29"],
         "benchmarks": ["pandas>=2.0", "h5py>=3.10"],
