@@ -313,7 +313,12 @@ def main(argv=None):
                         "tensorflow": tf.__version__, "sklearn": sklearn.__version__,
                         "cpus": os.cpu_count()},
     })
-    print(f"\nwrote {args.out}")
+    md_path = Path(args.out).with_suffix(".md")
+    _io.write_text(md_path, f"# Anomaly detection on {data_dir.name}\n\nProtocol: "
+                   "standardize on training rows; train on a random 60 % of the normal "
+                   "points; test on the other normal points plus all anomalies.\n"
+                   + text + ("\n\n" + note if note else "") + "\n")
+    print(f"\nwrote {args.out} and {md_path}")
     return 0
 
 
