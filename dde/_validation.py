@@ -82,3 +82,19 @@ def check_positive(value, name: str, *, integer: bool = False, allow_zero: bool 
 def _preview(arr: np.ndarray) -> str:
     text = np.array2string(arr[:6], threshold=6)
     return text if arr.size <= 6 else text[:-1] + " ...]"
+
+
+def stateless_seed_pair(seed, salt: int) -> np.ndarray:
+    """A stateless-RNG seed: int64 [2] from an int (paired with `salt`, which keeps the
+    streams of different samplers apart), a pair of ints (array or tensor), or None (fresh
+    entropy). Raises TypeError otherwise."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+    if isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
+    if isinstance(seed, numbers.Integral):
+        return np.array([int(seed), salt], dtype=np.int64)
+    arr = np.asarray(seed.numpy() if hasattr(seed, "numpy") else seed)
+    if arr.shape != (2,) or arr.dtype.kind not in "iu":
+        raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
+    return arr.astype(np.int64)

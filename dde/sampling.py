@@ -43,7 +43,6 @@ whose state became NaN/inf — they are dropped with a `RuntimeWarning` (or an e
 from __future__ import annotations
 
 import collections
-import numbers
 import warnings
 import weakref
 
@@ -51,7 +50,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dde._validation import check_data, check_positive
+from dde._validation import check_data, check_positive, stateless_seed_pair
 
 SamplerResults = collections.namedtuple(
     "SamplerResults", ["samples", "trajectory", "acceptance_rate", "num_diverged",
@@ -403,16 +402,7 @@ class _LangevinBase(keras.layers.Layer):
 
     @staticmethod
     def _seed(seed):
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
-        if isinstance(seed, bool):
-            raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
-        if isinstance(seed, numbers.Integral):
-            return tf.constant([int(seed), 0x5EED], tf.int64)
-        arr = np.asarray(seed.numpy() if hasattr(seed, "numpy") else seed)
-        if arr.shape != (2,) or arr.dtype.kind not in "iu":
-            raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
-        return tf.constant(arr, tf.int64)
+        return tf.constant(stateless_seed_pair(seed, salt=0x5EED), tf.int64)
 
     def _compiled(self, target, d, record, progress, build_body):
         """(tf.function, progress holder) for this structure, from the cache or built by

@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from dde._validation import check_data, check_positive
+from dde._validation import check_data, check_positive, stateless_seed_pair
 from dde.likelihood import ODESolverError, SolveGuard
 from dde.score import as_score_fn
 from dde.sde import SDE, check_time_interval
@@ -114,16 +114,7 @@ class _ScoreSamplerBase(keras.layers.Layer):
 
     @staticmethod
     def _seed(seed):
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
-        if isinstance(seed, bool):
-            raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
-        if isinstance(seed, numbers.Integral):
-            return tf.constant([int(seed), 0x5C0E], tf.int64)
-        arr = np.asarray(seed.numpy() if hasattr(seed, "numpy") else seed)
-        if arr.shape != (2,) or arr.dtype.kind not in "iu":
-            raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
-        return tf.constant(arr, tf.int64)
+        return tf.constant(stateless_seed_pair(seed, salt=0x5C0E), tf.int64)
 
     def _initial_state(self, target: _Target, initial_state, seed):
         """x_T [n, d]: given, or `n` prior samples (an int) drawn with the seed's own stream."""
