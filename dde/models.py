@@ -77,6 +77,11 @@ class EnergyModel(keras.Model):
         self.log_z_ess = self.add_weight(
             shape=(), dtype="float64", trainable=False, name="log_z_ess",
             initializer=keras.initializers.Constant(float("nan")))
+        # The noise level σ of the density log Ẑ normalizes (for a NoiseConditionalDDE, the σ
+        # of f(·, σ); for a DenoisingDensityEstimator, its σ when normalized).
+        self.log_z_noise_std = self.add_weight(
+            shape=(), dtype="float64", trainable=False, name="log_z_noise_std",
+            initializer=keras.initializers.Constant(float("nan")))
         # Counts evaluation batches so that `evaluate` draws the same noise on every call.
         self._eval_step = keras.Variable(0, dtype="int64", trainable=False, name="eval_step",
                                          aggregation="only_first_replica")
@@ -358,13 +363,32 @@ class EnergyModel(keras.Model):
         """Whether `normalize` has set log Ẑ."""
         return bool(np.isfinite(self.log_z.numpy()))
 
-    def set_log_partition(self, log_z: float, stderr: float = 0.0, ess: float = float("nan")):
-        """Store a log-partition estimate log Ẑ (with its standard error and ESS)."""
+    def set_log_partition(self, log_z: float, stderr: float = 0.0, ess: float = float("nan"),
+                          noise_std: float | None = None):
+        """Store a log-partition estimate log Ẑ (with its standard error and ESS) of the
+        density at noise level `noise_std` (default: sigma_min of a NoiseConditionalDDE, the
+        model's σ for a DenoisingDensityEstimator)."""
         if not np.isfinite(log_z):
             raise ValueError(f"log_z must be finite, got {log_z}.")
+        sigma = self._resolve_noise_std(noise_std)
         self.log_z.assign(float(log_z))
         self.log_z_stderr.assign(float(stderr))
         self.log_z_ess.assign(float(ess))
+        self.log_z_noise_std.assign(float(sigma))
+
+    def normalized_noise_std(self, noise_std=None) -> float:
+        """The σ at which the stored log Ẑ applies, checked against `noise_std` (a requested
+        σ of a NoiseConditionalDDE; None: the stored one). Raises ValueError when log Ẑ was
+        estimated at another σ (for a DenoisingDensityEstimator: when its σ changed since)."""
+        stored = float(self.log_z_noise_std.numpy())
+        sigma = self._resolve_noise_std(noise_std)
+        if noise_std is None and np.isfinite(stored):
+            sigma = stored if isinstance(self, NoiseConditionalDDE) else sigma
+        if np.isfinite(stored) and not math.isclose(sigma, stored, rel_tol=1e-5):
+            raise ValueError(
+                f"log Ẑ of this {type(self).__name__} was estimated at noise_std = "
+                f"{stored:.6g}, not at {sigma:.6g}: call normalize again at that σ.")
+        return sigma
 
     def normalize(self, x_train, method: str = "is", proposal="gaussian",
                   num_samples: int | None = None, batch_size: int | None = None, seed=None,
@@ -387,16 +411,21 @@ class EnergyModel(keras.Model):
         result = estimate_model_log_partition(
             self, x_train, method=method, proposal=proposal, num_samples=num_samples,
             batch_size=batch_size, seed=seed, **options)
-        self.set_log_partition(result.log_z, result.stderr, result.ess)
+        self.set_log_partition(result.log_z, result.stderr, result.ess,
+                               noise_std=options.get("noise_std"))
         return result
 
     def log_prob(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
-        """Normalized log-density `f(x) − log Ẑ`: [n, d] → [n] float64. Needs `normalize`."""
+        """Normalized log-density `f(x) − log Ẑ`: [n, d] → [n] float64. Needs `normalize`.
+
+        For a NoiseConditionalDDE, f(·, σ) at the σ log Ẑ was estimated at (`noise_std`, if
+        given, must be that σ)."""
         if not self.is_normalized:
             raise RuntimeError(
                 f"This {type(self).__name__} is not normalized: call "
                 "model.normalize(x_train, ...) (or set_log_partition) before log_prob.")
-        f = EnergyModel.log_density(self, x, noise_std=noise_std, batch_size=batch_size)
+        sigma = self.normalized_noise_std(noise_std)
+        f = EnergyModel.log_density(self, x, noise_std=sigma, batch_size=batch_size)
         return f.astype(np.float64) - float(self.log_z.numpy())
 
     # ---------------------------------------------------------------------- serialization

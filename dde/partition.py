@@ -1039,9 +1039,10 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
     """Average log-likelihood of x_test [n, d] under a normalized model:
     mean_j f(x_j) − log Ẑ ± sqrt(Var_j f(x_j)/n + se(log Ẑ)²) (Var with ddof 1; NaN for n=1).
 
-    Raises RuntimeError if the model is not normalized (`model.normalize`).
-    noise_std: for a NoiseConditionalDDE, the σ its log Ẑ was estimated at (default
-    sigma_min).
+    Raises RuntimeError if the model is not normalized (`model.normalize`), ValueError if its
+    log Ẑ belongs to another σ (see `EnergyModel.normalized_noise_std`).
+    noise_std: for a NoiseConditionalDDE, the σ to evaluate at; it must be the one log Ẑ was
+    estimated at (default: that σ).
     """
     _check_model(model)
     if not model.is_normalized:
@@ -1051,11 +1052,11 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
     x = check_data(x_test, name="x_test", n_features=_model_input_dim(model),
                    owner=type(model).__name__, dtype=np.float32)
     model._ensure_built(x.shape[1])
+    _model_noise_std(model, noise_std)  # rejects noise_std for a single-σ model
+    sigma = model.normalized_noise_std(noise_std)  # the σ log Ẑ was estimated at
     if _is_noise_conditional(model):
-        sigma = _model_noise_std(model, noise_std)
         f = model.log_density(x, noise_std=sigma, batch_size=batch_size)
     else:
-        _model_noise_std(model, noise_std)
         f = model.log_density(x, batch_size=batch_size)
     f = np.asarray(f, dtype=np.float64)
     if not np.isfinite(f).all():

@@ -492,6 +492,7 @@ def test_keras_round_trip_keeps_log_z(trained_dde, tmp_path):
     assert float(loaded.log_z.numpy()) == float(model.log_z.numpy())
     assert float(loaded.log_z_stderr.numpy()) == float(model.log_z_stderr.numpy())
     assert float(loaded.log_z_ess.numpy()) == float(model.log_z_ess.numpy())
+    assert float(loaded.log_z_noise_std.numpy()) == pytest.approx(0.2)
     np.testing.assert_allclose(loaded.log_prob(x[:100]), model.log_prob(x[:100]), rtol=1e-6)
     a = dde.average_log_likelihood(loaded, x[:500])
     b = dde.average_log_likelihood(model, x[:500])
@@ -553,6 +554,43 @@ def test_noise_conditional_dde_normalizes_f_at_sigma_min():
     all_ = dde.average_log_likelihood(model, x, noise_std=0.5)
     f = model.log_density(x, noise_std=0.5).astype(np.float64)
     assert all_.mean == pytest.approx(f.mean() - r2.log_z, abs=1e-6)
+
+
+def test_log_z_records_its_noise_level():
+    """log Ẑ remembers the σ it normalizes: a NoiseConditionalDDE evaluates log_prob and the
+    average log-likelihood there by default and refuses another σ; a DDE whose σ changed
+    after normalization (further training with a σ schedule) refuses to give log_prob."""
+    keras.utils.set_random_seed(4)
+    net = dde.nets.conditional_energy_mlp(2, depth=1, width=16, embedding_dim=8)
+    model = dde.NoiseConditionalDDE(net, sigma_min=0.05, sigma_max=1.0, seed=3)
+    x = two_moons_like(300, 2)
+    model._ensure_built(2)
+    model.normalize(x, noise_std=0.5, num_samples=2000, on_low_ess="ignore")
+    assert float(model.log_z_noise_std.numpy()) == 0.5
+    log_z = float(model.log_z.numpy())
+    f = model.log_density(x, noise_std=0.5).astype(np.float64)
+    np.testing.assert_allclose(model.log_prob(x), f - log_z, rtol=1e-6)
+    np.testing.assert_allclose(model.log_prob(x, noise_std=0.5), f - log_z, rtol=1e-6)
+    assert dde.average_log_likelihood(model, x).mean == pytest.approx(f.mean() - log_z,
+                                                                       abs=1e-6)
+    with pytest.raises(ValueError, match="estimated at noise_std = 0.5, not at 0.05"):
+        model.log_prob(x, noise_std=0.05)
+    with pytest.raises(ValueError, match="normalize again"):
+        dde.average_log_likelihood(model, x, noise_std=0.05)
+    model.set_log_partition(1.0)  # default σ: sigma_min
+    assert float(model.log_z_noise_std.numpy()) == 0.05
+
+    single = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=1, width=8),
+                                           noise_std=0.3)
+    single._ensure_built(2)
+    single.set_log_partition(2.0)
+    assert float(single.log_z_noise_std.numpy()) == pytest.approx(0.3)
+    single.log_prob(x)  # σ unchanged: fine
+    single.noise_std.assign(0.1)
+    with pytest.raises(ValueError, match="estimated at noise_std = 0.3"):
+        single.log_prob(x)
+    with pytest.raises(ValueError, match="estimated at noise_std = 0.3"):
+        dde.average_log_likelihood(single, x)
 
 
 def test_average_log_likelihood_formula_and_format():

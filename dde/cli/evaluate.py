@@ -23,8 +23,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data", required=True, metavar="FILE",
                    help="data to evaluate (.npy, .npz or .csv)")
     p.add_argument("--noise-std", type=float, default=None,
-                   help="NoiseConditionalDDE only: the noise level its log Ẑ was estimated "
-                        "at (default: sigma_min)")
+                   help="NoiseConditionalDDE only: the noise level to evaluate f(·, σ) at; "
+                        "it must be the one its log Ẑ was estimated at (default: that one)")
     p.add_argument("--batch-size", type=int, default=8192,
                    help="points evaluated at once (default: 8192)")
     p.add_argument("--json", default=None, metavar="FILE",
@@ -51,7 +51,8 @@ def run(args) -> int:
           f"ESS {float(model.log_z_ess.numpy()):,.1f})")
     if args.json:
         record = {"model": str(args.model), "data": str(args.data),
-                  "log_z_ess": float(model.log_z_ess.numpy()), **result.as_dict()}
+                  "log_z_ess": float(model.log_z_ess.numpy()),
+                  "noise_std": float(model.log_z_noise_std.numpy()), **result.as_dict()}
         # Strict JSON: undefined values (e.g. the SE of a single point) become null.
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                   for k, v in record.items()}
