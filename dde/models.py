@@ -22,34 +22,12 @@ import numpy as np
 import tensorflow as tf
 
 from dde._validation import check_data, check_positive
+from dde.training import DSMModel, first_component
 
 _INFERENCE_BATCH = 8192
 
 
-def _num_replicas() -> int:
-    return tf.distribute.get_strategy().num_replicas_in_sync
-
-
-def _replica_id():
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None:
-        return tf.constant(0, tf.int64)
-    return tf.cast(ctx.replica_id_in_sync_group, tf.int64)
-
-
-def _random_seed() -> int:
-    return int(np.random.SeedSequence().entropy % (2**31 - 1))
-
-
-def _first_component(element_spec):
-    while isinstance(element_spec, (tuple, list)):
-        element_spec = element_spec[0]
-    if isinstance(element_spec, dict):
-        raise TypeError("A tf.data.Dataset of dicts is not supported; yield x or (x,).")
-    return element_spec
-
-
-class EnergyModel(keras.Model):
+class EnergyModel(DSMModel):
     """Base class of energy models `f(x)` trained by denoising score matching.
 
     Subclasses implement `_energy(x, sigma, training)` → [batch] (sigma: [batch, 1] noise level
@@ -65,8 +43,7 @@ class EnergyModel(keras.Model):
         if not isinstance(network, keras.layers.Layer):
             raise TypeError(f"network must be a Keras layer or model, got {type(network)!r}.")
         self.network = network
-        self.seed = _random_seed() if seed is None else int(seed)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._init_training(seed)
         # The normalization (log Ẑ, its standard error and effective sample size) set by
         # `normalize`; NaN until then. Saved with the model.
         self.log_z = self.add_weight(shape=(), dtype="float64", trainable=False, name="log_z",
@@ -82,10 +59,6 @@ class EnergyModel(keras.Model):
         self.log_z_noise_std = self.add_weight(
             shape=(), dtype="float64", trainable=False, name="log_z_noise_std",
             initializer=keras.initializers.Constant(float("nan")))
-        # Counts evaluation batches so that `evaluate` draws the same noise on every call.
-        self._eval_step = keras.Variable(0, dtype="int64", trainable=False, name="eval_step",
-                                         aggregation="only_first_replica")
-        self._compiled = {}
 
     # ----------------------------------------------------------------------------- building
     def build(self, input_shape):
@@ -171,123 +144,14 @@ class EnergyModel(keras.Model):
         return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
 
     # ------------------------------------------------------------------------ Keras hooks
-    def compile(self, optimizer="adam", loss=None, **kwargs):
-        """Like `keras.Model.compile`; the denoising score-matching loss is built in."""
-        if loss is not None:
-            raise ValueError(
-                f"{type(self).__name__} trains with its built-in denoising score-matching "
-                "loss; do not pass loss= to compile().")
-        super().compile(optimizer=optimizer, **kwargs)
-
-    def get_compile_config(self):
-        return super().get_compile_config()
-
-    def compile_from_config(self, config):
-        """Re-compile a loaded model with its saved optimizer (state restored after this)."""
-        config = keras.saving.deserialize_keras_object(config)
-        config.pop("loss", None)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
-
-    def _step_seed(self, step):
-        step = tf.cast(step, tf.int64) * _num_replicas() + _replica_id()
-        return tf.stack([tf.constant(self.seed, tf.int64), step])
-
-    def train_step(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, self.compute_dtype)
-        seed = self._step_seed(self.optimizer.iterations)
-        with tf.GradientTape() as tape:
-            loss = self.dsm_loss(x, seed, sample_weight, training=True)
-            # Gradients are summed over replicas: scale the per-replica mean accordingly.
-            scaled = loss / tf.cast(_num_replicas(), loss.dtype)
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply(grads, self.trainable_weights)
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return self._logs()
-
-    def test_step(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, self.compute_dtype)
-        step = self._eval_step.assign_add(1) - 1
-        # A separate stream from training: the seed's second word is negative.
-        seed = self._step_seed(step) * tf.constant([1, -1], tf.int64) - tf.constant([0, 1],
-                                                                                    tf.int64)
-        loss = self.dsm_loss(x, seed, sample_weight, training=False)
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return {"loss": self.loss_tracker.result()}
-
-    def _logs(self):
-        return {"loss": self.loss_tracker.result()}
-
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self(tf.cast(x, self.compute_dtype), training=False)
 
-    # --------------------------------------------------------------- fit / evaluate overrides
-    def _check_fit_input(self, x, name="x"):
-        """Validate fit/evaluate input; returns (validated x, feature dimension)."""
-        expected = self.input_dim if self.built else None
-        if isinstance(x, tf.data.Dataset):
-            spec = _first_component(x.element_spec)
-            if spec.shape.rank != 2:
-                raise ValueError(
-                    f"The dataset {name} must yield batches of shape [batch, n_features]; got "
-                    f"elements of shape {spec.shape}. Batch it with dataset.batch(...).")
-            if not (spec.dtype.is_floating or spec.dtype.is_integer):
-                raise TypeError(f"The dataset {name} has a non-numeric dtype ({spec.dtype}).")
-            d = spec.shape[-1]
-            if d is None:
-                raise ValueError(f"The feature dimension of dataset {name} must be known.")
-            if expected is not None and d != expected:
-                raise ValueError(f"{name} has {d} features, but {type(self).__name__} is "
-                                 f"expecting {expected} features as input.")
-            return x, int(d)
-        if x is None:
-            raise ValueError(f"{name} is required.")
-        if isinstance(x, (keras.utils.PyDataset,)) or callable(getattr(x, "__next__", None)):
-            raise TypeError(f"{name} must be a NumPy array, a tensor or a tf.data.Dataset.")
-        arr = check_data(x, name=name, n_features=expected, owner=type(self).__name__,
-                         dtype=self.compute_dtype)
-        return arr, arr.shape[1]
-
-    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
-        """`keras.Model.fit` on data x ([n, d] array or a batched `tf.data.Dataset`).
-
-        `y` is ignored (the objective is unsupervised). Validation data (an array or a
-        dataset) is scored with the same loss and fixed noise. The training data's mean and
-        covariance are stored in the model (`data_mean`, `data_cov`).
-        """
-        x, d = self._check_fit_input(x, "x")
-        self._ensure_built(d)
-        if validation_data is not None:
-            if isinstance(validation_data, tuple) and not isinstance(
-                    validation_data, tf.data.Dataset):
-                validation_data = (self._check_fit_input(validation_data[0],
-                                                         "validation_data")[0],) + tuple(
-                    validation_data[1:])
-            else:
-                validation_data = self._check_fit_input(validation_data, "validation_data")[0]
+    # ---------------------------------------------------------------------------- fitting
+    def _on_fit_data(self, x):
+        """`fit` stores the training data's mean and covariance (`data_mean`, `data_cov`)."""
         self._store_data_stats(x)
-        if isinstance(x, tf.data.Dataset):
-            kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
-        if not self.compiled:
-            self.compile(optimizer="adam")
-        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`: the DSM loss on x with noise fixed by the model's seed, so
-        repeated calls on the same data give the same value."""
-        if not kwargs.get("_use_cached_eval_dataset", False):
-            x, d = self._check_fit_input(x, "x")
-            self._ensure_built(d)
-        self._eval_step.assign(0)
-        return super().evaluate(x, y, *args, **kwargs)
 
     def _store_data_stats(self, x):
         if isinstance(x, tf.data.Dataset):
@@ -295,7 +159,7 @@ class EnergyModel(keras.Model):
                 return
             total, outer, n = 0.0, 0.0, 0
             for batch in x:
-                b = np.asarray(_first_component(batch) if isinstance(batch, (tuple, list))
+                b = np.asarray(first_component(batch) if isinstance(batch, (tuple, list))
                                else batch, dtype=np.float64)
                 total = total + b.sum(0)
                 outer = outer + b.T @ b

@@ -30,9 +30,9 @@ import numpy as np
 import tensorflow as tf
 
 from dde._validation import check_data, check_positive
-from dde.models import _first_component, _num_replicas, _random_seed, _replica_id
 from dde.nets import score_mlp
 from dde.sde import check_time_interval, check_times, get_sde
+from dde.training import DSMModel
 
 _INFERENCE_BATCH = 8192
 _WEIGHTINGS = ("sigma2", "beta")
@@ -55,7 +55,7 @@ def as_score_fn(score):
 
 
 @keras.saving.register_keras_serializable(package="dde")
-class ScoreNetwork(keras.Model):
+class ScoreNetwork(DSMModel):
     """Score model s(x, t) for an SDE, trained with `fit` by denoising score matching.
 
     Args:
@@ -110,11 +110,7 @@ class ScoreNetwork(keras.Model):
         self._log_noise_range = tuple(float(np.log(s.numpy()) - np.log(a.numpy()))
                                       for a, s in ends)
         self.scale_by_std = bool(scale_by_std)
-        self.seed = _random_seed() if seed is None else int(seed)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._eval_step = keras.Variable(0, dtype="int64", trainable=False, name="eval_step",
-                                         aggregation="only_first_replica")
-        self._compiled = {}
+        self._init_training(seed)
 
     # ----------------------------------------------------------------------------- building
     def build(self, input_shape):
@@ -207,106 +203,6 @@ class ScoreNetwork(keras.Model):
             return tf.reduce_mean(per_example)
         w = tf.cast(tf.reshape(sample_weight, [-1]), per_example.dtype)
         return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
-
-    # ------------------------------------------------------------------------ Keras hooks
-    def compile(self, optimizer="adam", loss=None, **kwargs):
-        """Like `keras.Model.compile`; the denoising score-matching loss is built in."""
-        if loss is not None:
-            raise ValueError("ScoreNetwork trains with its built-in denoising score-matching "
-                             "loss; do not pass loss= to compile().")
-        super().compile(optimizer=optimizer, **kwargs)
-
-    def compile_from_config(self, config):
-        """Re-compile a loaded model with its saved optimizer (state restored after this)."""
-        config = keras.saving.deserialize_keras_object(config)
-        config.pop("loss", None)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker]
-
-    def _step_seed(self, step):
-        step = tf.cast(step, tf.int64) * _num_replicas() + _replica_id()
-        return tf.stack([tf.constant(self.seed, tf.int64), step])
-
-    def train_step(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, self.compute_dtype)
-        seed = self._step_seed(self.optimizer.iterations)
-        with tf.GradientTape() as tape:
-            loss = self.dsm_loss(x, seed, sample_weight, training=True)
-            scaled = loss / tf.cast(_num_replicas(), loss.dtype)
-        grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply(grads, self.trainable_weights)
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return {"loss": self.loss_tracker.result()}
-
-    def test_step(self, data):
-        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x = tf.cast(x, self.compute_dtype)
-        step = self._eval_step.assign_add(1) - 1
-        # A stream separate from training's: the seed's second word is negative.
-        seed = self._step_seed(step) * tf.constant([1, -1], tf.int64) - tf.constant(
-            [0, 1], tf.int64)
-        loss = self.dsm_loss(x, seed, sample_weight, training=False)
-        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return {"loss": self.loss_tracker.result()}
-
-    # --------------------------------------------------------------- fit / evaluate overrides
-    def _check_fit_input(self, x, name="x"):
-        expected = self.input_dim if self.built else None
-        if isinstance(x, tf.data.Dataset):
-            spec = _first_component(x.element_spec)
-            if spec.shape.rank != 2:
-                raise ValueError(
-                    f"The dataset {name} must yield batches of shape [batch, n_features]; got "
-                    f"elements of shape {spec.shape}. Batch it with dataset.batch(...).")
-            if not (spec.dtype.is_floating or spec.dtype.is_integer):
-                raise TypeError(f"The dataset {name} has a non-numeric dtype ({spec.dtype}).")
-            d = spec.shape[-1]
-            if d is None:
-                raise ValueError(f"The feature dimension of dataset {name} must be known.")
-            if expected is not None and d != expected:
-                raise ValueError(f"{name} has {d} features, but ScoreNetwork is expecting "
-                                 f"{expected} features as input.")
-            return x, int(d)
-        if x is None:
-            raise ValueError(f"{name} is required.")
-        if isinstance(x, keras.utils.PyDataset) or callable(getattr(x, "__next__", None)):
-            raise TypeError(f"{name} must be a NumPy array, a tensor or a tf.data.Dataset.")
-        arr = check_data(x, name=name, n_features=expected, owner="ScoreNetwork",
-                         dtype=self.compute_dtype)
-        return arr, arr.shape[1]
-
-    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
-        """`keras.Model.fit` on data x ([n, d] array or a batched `tf.data.Dataset`); `y` is
-        ignored. Validation data is scored with the same loss and fixed noise."""
-        x, d = self._check_fit_input(x, "x")
-        self._ensure_built(d)
-        if validation_data is not None:
-            if isinstance(validation_data, tuple):
-                validation_data = (self._check_fit_input(validation_data[0],
-                                                         "validation_data")[0],) + tuple(
-                    validation_data[1:])
-            else:
-                validation_data = self._check_fit_input(validation_data, "validation_data")[0]
-        if isinstance(x, tf.data.Dataset):
-            kwargs.setdefault("shuffle", False)
-        if not self.compiled:
-            self.compile(optimizer="adam")
-        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`: the DSM loss on x with times and noise fixed by the model's
-        seed, so repeated calls on the same data give the same value."""
-        if not kwargs.get("_use_cached_eval_dataset", False):
-            x, d = self._check_fit_input(x, "x")
-            self._ensure_built(d)
-        self._eval_step.assign(0)
-        return super().evaluate(x, y, *args, **kwargs)
 
     # -------------------------------------------------------------------------- NumPy level
     def score(self, x, t, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:

@@ -1,0 +1,183 @@
+"""Keras training by denoising score matching (DSM): the base class of every trainable model.
+
+`DSMModel` is a `keras.Model` whose loss is built in: subclasses implement
+`dsm_loss(x, seed, sample_weight, training)` → scalar, the DSM loss of a batch x [batch, d]
+with its noise (and noise levels or times) drawn from a stateless seed [2]. The base class
+provides what `compile` / `fit` / `evaluate` need around it:
+
+- the noise of training step k on replica r comes from the seed (model seed, k·R + r), so a
+  run is reproducible and replicas under a `tf.distribute` strategy draw different noise;
+  the per-replica loss is divided by the number of replicas R (gradients are summed);
+- `evaluate` restarts its own seed stream on every call, so it is deterministic;
+- `fit` / `evaluate` validate arrays and datasets (NaN/inf, shape, feature count) first;
+- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer.
+
+Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
+`_init_training(seed)` in `__init__` and implement `_ensure_built(input_dim)`.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dde._validation import check_data
+
+
+def num_replicas() -> int:
+    """Replicas in sync of the current `tf.distribute` strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _replica_id():
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return tf.constant(0, tf.int64)
+    return tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+
+
+def random_seed() -> int:
+    """A fresh non-negative int32 seed from OS entropy."""
+    return int(np.random.SeedSequence().entropy % (2**31 - 1))
+
+
+def first_component(element_spec):
+    """The spec (or value) of x in a dataset element x, (x,), (x, y) or (x, y, w)."""
+    while isinstance(element_spec, (tuple, list)):
+        element_spec = element_spec[0]
+    if isinstance(element_spec, dict):
+        raise TypeError("A tf.data.Dataset of dicts is not supported; yield x or (x,).")
+    return element_spec
+
+
+class DSMModel(keras.Model):
+    """A Keras model trained with its built-in denoising score-matching loss (see module)."""
+
+    def _init_training(self, seed: int | None):
+        """Set the model seed, the loss tracker and the evaluation step counter."""
+        self.seed = random_seed() if seed is None else int(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        # Counts evaluation batches so that `evaluate` draws the same noise on every call.
+        self._eval_step = keras.Variable(0, dtype="int64", trainable=False, name="eval_step",
+                                         aggregation="only_first_replica")
+        self._compiled = {}
+
+    def dsm_loss(self, x, seed, sample_weight=None, training=False):
+        raise NotImplementedError
+
+    def _ensure_built(self, input_dim: int):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ Keras hooks
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """Like `keras.Model.compile`; the denoising score-matching loss is built in."""
+        if loss is not None:
+            raise ValueError(
+                f"{type(self).__name__} trains with its built-in denoising score-matching "
+                "loss; do not pass loss= to compile().")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compile a loaded model with its saved optimizer (state restored after this)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def _step_seed(self, step):
+        step = tf.cast(step, tf.int64) * num_replicas() + _replica_id()
+        return tf.stack([tf.constant(self.seed, tf.int64), step])
+
+    def train_step(self, data):
+        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, self.compute_dtype)
+        seed = self._step_seed(self.optimizer.iterations)
+        with tf.GradientTape() as tape:
+            loss = self.dsm_loss(x, seed, sample_weight, training=True)
+            # Gradients are summed over replicas: scale the per-replica mean accordingly.
+            scaled = loss / tf.cast(num_replicas(), loss.dtype)
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply(grads, self.trainable_weights)
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        return self._logs()
+
+    def test_step(self, data):
+        x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = tf.cast(x, self.compute_dtype)
+        step = self._eval_step.assign_add(1) - 1
+        # A separate stream from training: the seed's second word is negative.
+        seed = self._step_seed(step) * tf.constant([1, -1], tf.int64) - tf.constant([0, 1],
+                                                                                    tf.int64)
+        loss = self.dsm_loss(x, seed, sample_weight, training=False)
+        self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        return {"loss": self.loss_tracker.result()}
+
+    def _logs(self):
+        """What a training step reports (subclasses may add, e.g., the noise level)."""
+        return {"loss": self.loss_tracker.result()}
+
+    # --------------------------------------------------------------- fit / evaluate overrides
+    def _check_fit_input(self, x, name="x"):
+        """Validate fit/evaluate input; returns (validated x, feature dimension)."""
+        expected = self.input_dim if self.built else None
+        if isinstance(x, tf.data.Dataset):
+            spec = first_component(x.element_spec)
+            if spec.shape.rank != 2:
+                raise ValueError(
+                    f"The dataset {name} must yield batches of shape [batch, n_features]; got "
+                    f"elements of shape {spec.shape}. Batch it with dataset.batch(...).")
+            if not (spec.dtype.is_floating or spec.dtype.is_integer):
+                raise TypeError(f"The dataset {name} has a non-numeric dtype ({spec.dtype}).")
+            d = spec.shape[-1]
+            if d is None:
+                raise ValueError(f"The feature dimension of dataset {name} must be known.")
+            if expected is not None and d != expected:
+                raise ValueError(f"{name} has {d} features, but {type(self).__name__} is "
+                                 f"expecting {expected} features as input.")
+            return x, int(d)
+        if x is None:
+            raise ValueError(f"{name} is required.")
+        if isinstance(x, keras.utils.PyDataset) or callable(getattr(x, "__next__", None)):
+            raise TypeError(f"{name} must be a NumPy array, a tensor or a tf.data.Dataset.")
+        arr = check_data(x, name=name, n_features=expected, owner=type(self).__name__,
+                         dtype=self.compute_dtype)
+        return arr, arr.shape[1]
+
+    def _on_fit_data(self, x):
+        """Hook called with the validated training data before `fit` trains."""
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit` on data x ([n, d] array or a batched `tf.data.Dataset`).
+
+        `y` is ignored (the objective is unsupervised). Validation data (an array or a
+        dataset) is scored with the same loss and fixed noise.
+        """
+        x, d = self._check_fit_input(x, "x")
+        self._ensure_built(d)
+        if validation_data is not None:
+            if isinstance(validation_data, tuple):
+                validation_data = (self._check_fit_input(validation_data[0],
+                                                         "validation_data")[0],) + tuple(
+                    validation_data[1:])
+            else:
+                validation_data = self._check_fit_input(validation_data, "validation_data")[0]
+        self._on_fit_data(x)
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
+        if not self.compiled:
+            self.compile(optimizer="adam")
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate`: the DSM loss on x with noise fixed by the model's seed, so
+        repeated calls on the same data give the same value."""
+        if not kwargs.get("_use_cached_eval_dataset", False):
+            x, d = self._check_fit_input(x, "x")
+            self._ensure_built(d)
+        self._eval_step.assign(0)
+        return super().evaluate(x, y, *args, **kwargs)
