@@ -160,7 +160,8 @@ def evaluate(name, x_train, x_test, y_test, seed, dde_params=None):
            "ap": float(average_precision_score(y_test, -scores)),
            "fit_seconds": t1 - t0, "score_seconds": t2 - t1}
     if name == "DDE":
-        out.update(noise_std=det.noise_std_, n_steps=det.n_steps_, best_step=det.best_step_)
+        out.update(noise_std=det.noise_std_, n_steps=det.n_steps_, best_step=det.best_step_,
+                   best_val_loss=min(det.history_["val_loss"], default=float("nan")))
     elif name == "KDE":
         out["bandwidth"] = det.bandwidth
     elif name == "GMM":

@@ -64,8 +64,9 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         Hidden Dense layers of the energy MLP (`dde.nets.energy_mlp`).
     width : int, default=128
         Units per hidden layer.
-    activation : str, default="softplus"
-        A twice-differentiable activation (ReLU-like ones are rejected).
+    activation : str, default="swish"
+        A twice-differentiable activation (ReLU-like ones are rejected). Swish (SiLU) reaches
+        a lower held-out denoising loss than softplus on tabular data.
     noise_std : float, "auto" or "scott", default="auto"
         σ of the denoising score-matching noise, in standardized feature units; the learned
         density is the data density smoothed by N(0, σ²I), whose sample version is a Gaussian
@@ -83,7 +84,10 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     batch_size : int, default=256
         Rows per batch (capped at the number of training rows).
     learning_rate : float, default=1e-3
-        Adam learning rate.
+        Adam learning rate (the initial one with a decay).
+    learning_rate_decay : {"cosine", "none"}, default="cosine"
+        "cosine": the rate follows a cosine from `learning_rate` down to 2 % of it over
+        `max_steps`, which steadies the final weights; "none": constant.
     validation_fraction : float, default=0.1
         Fraction of the training rows held out to monitor the denoising loss (with fixed
         noise) every `validation_interval` steps; training stops after `patience` evaluations
@@ -105,10 +109,11 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     verbose : int, default=0
         Keras progress output during training (0, 1 or 2).
 
-    The defaults (σ rule and floor, annealing from σ = 1, 3,000 steps, 3 × 128 softplus) were
-    chosen on scikit-learn's bundled breast-cancer, wine, iris and digits sets (one class
-    normal) and on validation splits of training data with synthetic anomalies; a step
-    takes a few milliseconds on a CPU, so a default fit takes 10–30 s.
+    The defaults (σ rule and floor, annealing from σ = 1, 3,000 steps with a cosine learning
+    rate, 3 × 128 swish) were chosen on scikit-learn's bundled breast-cancer, wine and digits
+    sets with one class normal (`benchmarks/anomaly_dev.py`) and by the held-out denoising
+    loss of training splits, which needs no labels; a step takes a few milliseconds on a
+    CPU, so a default fit takes 10–40 s.
 
     Attributes
     ----------
@@ -136,10 +141,10 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     #: without bound as the bandwidth shrinks.
     AUTO_NOISE_GRID = tuple(np.geomspace(0.2, 2.0, 17).round(5))
 
-    def __init__(self, *, hidden_layers=3, width=128, activation="softplus", noise_std="auto",
+    def __init__(self, *, hidden_layers=3, width=128, activation="swish", noise_std="auto",
                  initial_noise_std=1.0, max_steps=3000, batch_size=256, learning_rate=1e-3,
-                 validation_fraction=0.1, validation_interval=100, patience=8,
-                 contamination="auto", estimator=None, random_state=None, verbose=0):
+                 learning_rate_decay="cosine", validation_fraction=0.1, validation_interval=100,
+                 patience=8, contamination="auto", estimator=None, random_state=None, verbose=0):
         self.hidden_layers = hidden_layers
         self.width = width
         self.activation = activation
@@ -148,6 +153,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.learning_rate = learning_rate
+        self.learning_rate_decay = learning_rate_decay
         self.validation_fraction = validation_fraction
         self.validation_interval = validation_interval
         self.patience = patience
@@ -218,6 +224,8 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         self._check_int("max_steps", 1)
         self._check_int("batch_size", 1)
         self._check_float("learning_rate", 0.0)
+        if self.learning_rate_decay not in ("cosine", "none"):
+            raise self._param_error("learning_rate_decay", "a str among {'cosine', 'none'}")
         self._check_float("validation_fraction", 0.0, 1.0, low_open=False, high_open=True)
         self._check_int("validation_interval", 1)
         self._check_int("patience", 1)
@@ -280,7 +288,11 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                                           name="dde")
         # XLA roughly halves the cost of a double-backprop step of an MLP on CPU; its
         # compilation only pays off over a long enough run.
-        model.compile(optimizer=keras.optimizers.Adam(self.learning_rate),
+        learning_rate = self.learning_rate
+        if self.learning_rate_decay == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                self.learning_rate, decay_steps=self.max_steps, alpha=0.02)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                       jit_compile=self.max_steps >= _XLA_MIN_STEPS)
 
         batch = min(self.batch_size, len(z_train))

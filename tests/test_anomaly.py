@@ -4,6 +4,7 @@ Pipeline / clone, a given estimator, and the held-out KDE bandwidth rule."""
 import os
 import zipfile
 
+import keras
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -152,6 +153,7 @@ def test_non_numeric_input():
     ({"max_steps": 0}, ValueError, "max_steps"),
     ({"validation_fraction": 1.0}, ValueError, "validation_fraction"),
     ({"learning_rate": 0}, ValueError, "learning_rate"),
+    ({"learning_rate_decay": "linear"}, ValueError, "learning_rate_decay"),
     ({"activation": "relu"}, ValueError, "piecewise linear"),
     ({"estimator": "model.keras"}, TypeError, "estimator"),
 ])
@@ -255,6 +257,16 @@ def test_noise_schedule_ends_at_noise_std():
                              **TINY).fit(x)
     assert det.noise_std_ == pytest.approx(0.2)
     assert float(det.estimator_.noise_std.numpy()) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("decay, final_fraction", [("cosine", 0.02), ("none", 1.0)])
+def test_learning_rate_decay(decay, final_fraction):
+    """"cosine" ends the run at 2 % of the initial rate; "none" keeps it constant."""
+    det = DDEAnomalyDetector(learning_rate=1e-3, learning_rate_decay=decay, random_state=0,
+                             **{**TINY, "validation_fraction": 0.0}).fit(mixture(200, 12))
+    assert det.n_steps_ == TINY["max_steps"]
+    final = float(keras.ops.convert_to_numpy(det.estimator_.optimizer.learning_rate))
+    assert final == pytest.approx(1e-3 * final_fraction, rel=1e-3)
 
 
 @pytest.mark.parametrize("loo", [False, True])
