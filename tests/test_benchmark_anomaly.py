@@ -111,3 +111,20 @@ def test_dev_bad_variants_exit_2(tmp_path, capsys):
     assert dev.main(["--variants", "[1, 2]", "--out", str(tmp_path / "r.json")]) == 2
     assert "--variants" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_restored_val_loss_is_the_early_stopping_best():
+    """The reported held-out loss is the validation loss at the restored step: the minimum
+    over the evaluations after the σ annealing (the first half of the steps)."""
+    from dde.anomaly import DDEAnomalyDetector
+
+    bench = _load("anomaly")
+    x = np.random.default_rng(5).normal(size=(400, 3))
+    det = DDEAnomalyDetector(hidden_layers=1, width=16, max_steps=200, validation_interval=20,
+                             batch_size=64, random_state=0).fit(x)
+    val = det.history_["val_loss"]
+    assert len(val) == 10
+    assert bench.restored_val_loss(det) == pytest.approx(min(val[5:]))
+    no_val = DDEAnomalyDetector(hidden_layers=1, width=8, max_steps=20, validation_interval=10,
+                                validation_fraction=0.0, random_state=0).fit(x)
+    assert math.isnan(bench.restored_val_loss(no_val))
