@@ -161,7 +161,8 @@ def evaluate(name, x_train, x_test, y_test, seed, dde_params=None):
            "fit_seconds": t1 - t0, "score_seconds": t2 - t1}
     if name == "DDE":
         out.update(noise_std=det.noise_std_, n_steps=det.n_steps_, best_step=det.best_step_,
-                   best_val_loss=restored_val_loss(det))
+                   best_val_loss=restored_val_loss(det), activation=det.activation_,
+                   val_loss_by_activation=det.activation_val_losses_)
     elif name == "KDE":
         out["bandwidth"] = det.bandwidth
     elif name == "GMM":
@@ -172,11 +173,7 @@ def evaluate(name, x_train, x_test, y_test, seed, dde_params=None):
 def restored_val_loss(det) -> float:
     """The held-out denoising loss of a fitted DDEAnomalyDetector at its restored (best)
     step, at the final σ: a label-free measure of fit. NaN without a validation split."""
-    val = det.history_["val_loss"]
-    if not val:
-        return float("nan")
-    interval = det.n_steps_ / len(det.history_["loss"])
-    return float(val[int(round(det.best_step_ / interval)) - 1])
+    return float(det.activation_val_losses_.get(det.activation_, float("nan")))
 
 
 def subsample_for_quick(x, y, seed, max_rows=3000):

@@ -182,6 +182,8 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(det2.feature_names_in_, np.array(cols, dtype=object))
     np.testing.assert_array_equal(det2.scaler_.mean_, det.scaler_.mean_)
     assert det2.history_ == det.history_ and det2.n_steps_ == det.n_steps_
+    assert det2.activation_ == det.activation_
+    assert det2.activation_val_losses_ == det.activation_val_losses_
 
 
 def test_load_rejects_bad_files(tmp_path):
@@ -257,6 +259,25 @@ def test_noise_schedule_ends_at_noise_std():
                              **TINY).fit(x)
     assert det.noise_std_ == pytest.approx(0.2)
     assert float(det.estimator_.noise_std.numpy()) == pytest.approx(0.2)
+
+
+def test_auto_activation_keeps_the_lower_heldout_loss():
+    """activation="auto" trains softplus and swish networks on the same split and keeps the
+    one with the lower validation loss at its restored step (at the final σ)."""
+    det = DDEAnomalyDetector(random_state=0, **{**TINY, "max_steps": 60}).fit(mixture(300, 13))
+    losses = det.activation_val_losses_
+    assert set(losses) == set(DDEAnomalyDetector.AUTO_ACTIVATIONS)
+    assert det.activation_ == min(losses, key=losses.get)
+    assert losses[det.activation_] == pytest.approx(
+        det.history_["val_loss"][det.best_step_ // 20 - 1])
+    hidden = det.estimator_.network.get_layer("hidden_0")
+    assert hidden.activation.__name__ == det.activation_
+    # without a validation split there is nothing to select on: the first candidate
+    plain = DDEAnomalyDetector(random_state=0, **{**TINY, "validation_fraction": 0.0}).fit(
+        mixture(300, 13))
+    assert plain.activation_ == "softplus" and list(plain.activation_val_losses_) == ["softplus"]
+    fixed = DDEAnomalyDetector(random_state=0, activation="tanh", **TINY).fit(mixture(300, 13))
+    assert fixed.activation_ == "tanh" and list(fixed.activation_val_losses_) == ["tanh"]
 
 
 @pytest.mark.parametrize("decay, final_fraction", [("cosine", 0.02), ("none", 1.0)])

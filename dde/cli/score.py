@@ -15,6 +15,7 @@ This module also trains detectors for `dde fit --detector` (`add_detector_argume
 from __future__ import annotations
 
 import argparse
+import math
 import time
 import warnings
 from pathlib import Path
@@ -156,7 +157,8 @@ def fit_detector(args, x) -> dict:
     path = out / DETECTOR_FILE
     detector.save(path)
     flagged = float(np.mean(detector.predict(x) == -1))
-    val = detector.history_["val_loss"]
+    val_losses = {k: (v if math.isfinite(v) else None)
+                  for k, v in detector.activation_val_losses_.items()}
     return {
         "detector": str(path),
         "n_train": int(len(x)),
@@ -169,7 +171,10 @@ def fit_detector(args, x) -> dict:
         "steps": detector.n_steps_,
         "best_step": detector.best_step_,
         "final_loss": detector.history_["loss"][-1] if detector.history_["loss"] else None,
-        "best_val_loss": min(val) if val else None,
+        "activation": detector.activation_,
+        # held-out denoising loss at the restored step, per activation trained
+        "val_loss_by_activation": val_losses,
+        "best_val_loss": val_losses.get(detector.activation_),
         "history": detector.history_,
         "training_seconds": seconds,
     }
