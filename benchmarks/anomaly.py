@@ -26,6 +26,7 @@ tables and writes JSON (default `benchmarks/results/anomaly.json`).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -266,7 +267,16 @@ def main(argv=None):
                         help="comma-separated substrings of file names to keep (default all)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 seed, ≤ 3,000 rows per set, DDE max_steps=300")
+    parser.add_argument("--dde-params", default=None, metavar="JSON",
+                        help='DDEAnomalyDetector parameters over its defaults, e.g. '
+                             '\'{"activation": "swish"}\'')
     args = parser.parse_args(argv)
+    try:
+        extra = json.loads(args.dde_params) if args.dde_params else {}
+    except ValueError as err:
+        parser.error(f"--dde-params is not valid JSON: {err}")
+    if not isinstance(extra, dict):
+        parser.error("--dde-params must be a JSON object of detector parameters")
 
     from dde import _io
 
@@ -282,7 +292,7 @@ def main(argv=None):
         if m not in METHODS:
             parser.error(f"unknown method {m!r}; choose from {METHODS}")
     n_seeds = 1 if args.quick else args.seeds
-    dde_params = {"max_steps": 300} if args.quick else {}
+    dde_params = {**({"max_steps": 300} if args.quick else {}), **extra}
 
     results, info = {}, {"n_seeds": n_seeds, "datasets": {}}
     start = time.perf_counter()

@@ -128,3 +128,21 @@ def test_restored_val_loss_is_the_early_stopping_best():
     no_val = DDEAnomalyDetector(hidden_layers=1, width=8, max_steps=20, validation_interval=10,
                                 validation_fraction=0.0, random_state=0).fit(x)
     assert math.isnan(bench.restored_val_loss(no_val))
+
+
+def test_dde_params_reach_the_detector_and_are_checked(tmp_path):
+    bench = _load("anomaly")
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_set(data / "1_easy.npz", 200, 20, 3, 0)
+    out = tmp_path / "r.json"
+    assert bench.main(["--data-dir", str(data), "--quick", "--methods", "DDE", "--out", str(out),
+                       "--dde-params", '{"activation": "tanh", "max_steps": 100}']) == 0
+    report = json.loads(out.read_text())
+    assert report["dde_params"] == {"max_steps": 100, "activation": "tanh"}
+    run = report["runs"]["1_easy"]["DDE"][0]
+    assert run["activation"] == "tanh" and run["n_steps"] == 100
+    for bad in ("{not json", "[1]"):
+        with pytest.raises(SystemExit) as info:
+            bench.main(["--data-dir", str(data), "--dde-params", bad])
+        assert info.value.code == 2
