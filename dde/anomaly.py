@@ -298,9 +298,8 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
             candidates = self.AUTO_ACTIVATIONS[:1]
         fits = {act: self._train_one(z_train, z_val, sigma, act, seeds) for act in candidates}
         # The held-out denoising loss at the final σ (restored step) picks the activation.
-        best = min(candidates, key=lambda act: (np.nan_to_num(fits[act][1]["val_loss_"],
-                                                               nan=np.inf),
-                                                candidates.index(act)))
+        # (min keeps the first of equal losses; NaN — no validation rows — only when alone)
+        best = min(candidates, key=lambda act: fits[act][1]["val_loss_"])
         model, info = fits[best]
         self.activation_ = best
         self.activation_val_losses_ = {act: fits[act][1]["val_loss_"] for act in candidates}

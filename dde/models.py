@@ -246,8 +246,6 @@ class EnergyModel(DSMModel):
         estimated at another σ (for a DenoisingDensityEstimator: when its σ changed since)."""
         stored = float(self.log_z_noise_std.numpy())
         sigma = self._resolve_noise_std(noise_std)
-        if noise_std is None and np.isfinite(stored):
-            sigma = stored if isinstance(self, NoiseConditionalDDE) else sigma
         if np.isfinite(stored) and not math.isclose(sigma, stored, rel_tol=1e-5):
             raise ValueError(
                 f"log Ẑ of this {type(self).__name__} was estimated at noise_std = "
@@ -454,6 +452,14 @@ class NoiseConditionalDDE(EnergyModel):
         if noise_std is None:
             return self.sigma_min
         return check_positive(noise_std, "noise_std")
+
+    def normalized_noise_std(self, noise_std=None) -> float:
+        """As `EnergyModel.normalized_noise_std`; without `noise_std`, the σ log Ẑ was
+        estimated at (sigma_min if the model is not normalized)."""
+        if noise_std is None:
+            stored = float(self.log_z_noise_std.numpy())
+            noise_std = stored if np.isfinite(stored) else None
+        return super().normalized_noise_std(noise_std)
 
     def noise_levels(self, num_levels: int) -> np.ndarray:
         """Geometric noise levels σ₁ = sigma_max > … > σ_L = sigma_min, shape [num_levels]."""

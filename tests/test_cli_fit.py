@@ -103,3 +103,17 @@ def test_fit_detector_then_score(tmp_path):
     rows = scores.read_text().strip().splitlines()
     assert len(rows) == 7  # header + 6 rows
     assert rows[-1].split(",")[-1].strip() == "-1"  # the far point is flagged
+
+
+def test_fit_detector_passes_options_given_even_at_density_defaults(tmp_path):
+    """An option given on the command line reaches the detector even when its value equals
+    the density model's default; options not given leave the detector's own defaults."""
+    train = tmp_path / "train.csv"
+    np.savetxt(train, np.random.default_rng(2).normal(size=(200, 2)), delimiter=",")
+    out = tmp_path / "det"
+    assert main(["fit", "--detector", "--data", str(train), "--out", str(out), "--quiet",
+                 "--max-steps", "20", "--activation", "softplus",
+                 "--learning-rate", "0.003"]) == 0
+    params = json.loads((out / "metrics.json").read_text())["params"]
+    assert params["activation"] == "softplus" and params["learning_rate"] == 0.003
+    assert params["width"] == 128 and params["batch_size"] == 256  # the detector's defaults

@@ -38,13 +38,15 @@ def add_parser(subparsers) -> None:
                    help="output directory (default: runs/demo)")
     p.add_argument("--num-samples", type=int, default=20_000,
                    help="training points drawn from a toy set (default: 20000)")
-    p.add_argument("--validation-split", type=float, default=0.1,
+    p.add_argument("--validation-split", type=float, default=None,
                    help="fraction of --data (or toy samples) held out for validation "
                         "(default: 0.1); bundled UCI sets use their fixed validation split")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
-    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
-    p.add_argument("--learning-rate", type=float, default=3e-3,
-                   help="initial Adam learning rate (default: 3e-3)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="batch size (default: 256; with --detector: the detector's)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="initial Adam learning rate (default: 3e-3; with --detector: the "
+                        "detector's)")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
                    help="learning-rate schedule: cosine decay to 0 over the run, or constant "
                         "(default: cosine)")
@@ -60,9 +62,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--decay-every", type=int, default=None,
                    help="batches between σ decay steps (default: chosen so that σ reaches "
                         "--noise-std after about 60%% of the batches)")
-    p.add_argument("--depth", type=int, default=3, help="hidden layers (default: 3)")
-    p.add_argument("--width", type=int, default=128, help="hidden units (default: 128)")
-    p.add_argument("--activation", default="softplus",
+    p.add_argument("--depth", type=int, default=None, help="hidden layers (default: 3)")
+    p.add_argument("--width", type=int, default=None, help="hidden units (default: 128)")
+    p.add_argument("--activation", default=None,
                    help="smooth activation: softplus, swish, gelu, tanh, ... (default: "
                         "softplus; with --detector: 'auto', the lower held-out loss of "
                         "softplus and swish)")
@@ -75,7 +77,12 @@ def add_parser(subparsers) -> None:
     from dde.cli.score import add_detector_arguments
 
     add_detector_arguments(p)
-    p.set_defaults(run=run, _fit_parser=p)
+    p.set_defaults(run=run)
+
+
+# Defaults of the options a density model shares with `--detector` (which has its own).
+_DENSITY_DEFAULTS = {"depth": 3, "width": 128, "activation": "softplus", "batch_size": 256,
+                     "learning_rate": 3e-3, "validation_split": 0.1}
 
 
 def load_training_data(args):
@@ -83,12 +90,14 @@ def load_training_data(args):
     from dde._io import read_array
     from dde._validation import check_data, check_positive
 
-    if not 0.0 <= args.validation_split < 1.0:
-        raise ValueError(f"--validation-split must be in [0, 1), got {args.validation_split}.")
+    fraction = (_DENSITY_DEFAULTS["validation_split"] if args.validation_split is None
+                else args.validation_split)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--validation-split must be in [0, 1), got {fraction}.")
     if args.data is not None:
         x = check_data(read_array(args.data), name=f"data file {args.data}",
                        allow_1d_as_column=True)
-        return (*_split(x, args.validation_split, args.seed), str(args.data))
+        return (*_split(x, fraction, args.seed), str(args.data))
     name = args.dataset or DEFAULT_DATASET
     from dde import datasets
     from dde.datasets import toy
@@ -96,7 +105,7 @@ def load_training_data(args):
     if name in toy.NAMES:
         check_positive(args.num_samples, "--num-samples", integer=True)
         x = toy.sample(name, args.num_samples, seed=args.seed)
-        return (*_split(x, args.validation_split, args.seed), name)
+        return (*_split(x, fraction, args.seed), name)
     x_train = datasets.load_dataset(name, "train")
     x_val = datasets.load_dataset(name, "validation")
     return x_train, x_val, name
@@ -121,10 +130,15 @@ def _split(x, fraction, seed):
 def run(args) -> int:
     from dde._validation import check_positive
 
+    if not args.detector:  # a detector has its own defaults: it gets only the options given
+        args = argparse.Namespace(**{**vars(args), **{
+            k: v for k, v in _DENSITY_DEFAULTS.items() if getattr(args, k) is None}})
     for flag in ("epochs", "batch_size", "depth", "width"):
-        check_positive(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True)
+        if getattr(args, flag) is not None:
+            check_positive(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True)
     for flag in ("learning_rate", "noise_std", "initial_noise_std", "decay_factor"):
-        check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+        if getattr(args, flag) is not None:
+            check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.initial_noise_std < args.noise_std:
         raise ValueError(f"--initial-noise-std ({args.initial_noise_std}) must be at least "
                          f"--noise-std ({args.noise_std}).")
@@ -196,23 +210,13 @@ def run(args) -> int:
     return 0
 
 
-# Options shared with the density model whose defaults belong to `dde fit`; for a detector,
-# only values the user gave explicitly are passed on (the detector has its own defaults).
-_SHARED_DETECTOR_OPTIONS = ("depth", "width", "activation", "batch_size", "learning_rate",
-                            "validation_split")
-
-
 def _run_detector(args, x_train, x_val, data_name, out: Path) -> int:
     from dde import _io
     from dde.cli.score import fit_detector
 
     x = x_train if x_val is None else np.concatenate([x_train, x_val])
-    detector_args = argparse.Namespace(**vars(args))
-    for name in _SHARED_DETECTOR_OPTIONS:
-        if getattr(args, name) == args._fit_parser.get_default(name):
-            setattr(detector_args, name, None)
     print(f"dde fit --detector: {data_name}: {len(x)} rows, d = {x.shape[1]}")
-    metrics = {"data": data_name, **fit_detector(detector_args, x)}
+    metrics = {"data": data_name, **fit_detector(args, x)}
     _io.write_json(out / "metrics.json", metrics)
     print(f"dde fit --detector: wrote {out}/detector.zip and metrics.json")
     return 0
