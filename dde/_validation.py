@@ -84,12 +84,17 @@ def _preview(arr: np.ndarray) -> str:
     return text if arr.size <= 6 else text[:-1] + " ...]"
 
 
+def random_seed() -> int:
+    """A fresh non-negative int32 seed from OS entropy."""
+    return int(np.random.SeedSequence().entropy % (2**31 - 1))
+
+
 def stateless_seed_pair(seed, salt: int) -> np.ndarray:
     """A stateless-RNG seed: int64 [2] from an int (paired with `salt`, which keeps the
     streams of different samplers apart), a pair of ints (array or tensor), or None (fresh
     entropy). Raises TypeError otherwise."""
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+        seed = random_seed()
     if isinstance(seed, bool):
         raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
     if isinstance(seed, numbers.Integral):

@@ -265,7 +265,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
             z = self.scaler_.transform(X).astype(np.float32)
             model = self._train(z, rng)
         self.estimator_ = model
-        self.noise_std_ = _model_noise_std(model)
+        self.noise_std_ = float(model._resolve_noise_std(None))
         self._set_shift()
         scores = self._score(X)
         fraction = (AUTO_CONTAMINATION if self.contamination == "auto"
@@ -305,10 +305,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.activation_val_losses_ = {act: fits[act][1]["val_loss_"] for act in candidates}
         for key in ("history_", "n_steps_", "best_step_"):
             setattr(self, key, info[key])
-        z64 = z_train.astype(np.float64)
-        model.data_mean.assign(z64.mean(0))
-        model.data_cov.assign(np.atleast_2d(np.cov(z64, rowvar=False)) if len(z64) > 1
-                              else np.zeros((d, d)))
+        model._store_data_stats(z_train)
         return model
 
     def _train_one(self, z_train, z_val, sigma, activation, seeds):
@@ -550,10 +547,6 @@ def heldout_kde_bandwidth(z_fit, z_held=None, grid=None, rng=None, max_fit=5000,
 AUTO_GRID_DEFAULT = DDEAnomalyDetector.AUTO_NOISE_GRID
 
 
-def _model_noise_std(model) -> float:
-    if isinstance(model, DenoisingDensityEstimator):
-        return float(model.noise_std.numpy())
-    return float(getattr(model, "sigma_min", float("nan")))
 
 
 def _seeded_init(network, seed: int) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from dde._validation import check_data, check_positive
+from dde._validation import check_data, check_positive, random_seed
 from dde.sde import SDE, check_time_interval
 
 _DIVERGENCES = ("exact", "hutchinson")
@@ -345,7 +345,7 @@ class ProbabilityFlow:
                        dtype=np.float64)
         check_positive(batch_size, "batch_size", integer=True)
         if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+            seed = random_seed()
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"seed must be an int or None, got {seed!r}.")
         zs, deltas, nfe = [], [], 0

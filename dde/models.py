@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from dde._validation import check_data, check_positive
-from dde.training import DSMModel, first_component
+from dde.training import DSMModel, first_component, weighted_mean
 
 _INFERENCE_BATCH = 8192
 
@@ -138,10 +138,7 @@ class EnergyModel(DSMModel):
             f = self._energy(x_noisy, sigma, training=training)
         grad = tape.gradient(f, x_noisy)
         per_example = tf.reduce_sum(tf.square(sigma * grad + noise / sigma), axis=-1)
-        if sample_weight is None:
-            return tf.reduce_mean(per_example)
-        w = tf.cast(tf.reshape(sample_weight, [-1]), per_example.dtype)
-        return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
+        return weighted_mean(per_example, sample_weight)
 
     # ------------------------------------------------------------------------ Keras hooks
     def predict_step(self, data):
@@ -159,8 +156,7 @@ class EnergyModel(DSMModel):
                 return
             total, outer, n = 0.0, 0.0, 0
             for batch in x:
-                b = np.asarray(first_component(batch) if isinstance(batch, (tuple, list))
-                               else batch, dtype=np.float64)
+                b = np.asarray(first_component(batch), dtype=np.float64)
                 total = total + b.sum(0)
                 outer = outer + b.T @ b
                 n += b.shape[0]

@@ -20,7 +20,7 @@ from dde._validation import check_positive
 # are linear: with them `∇ₓf` is piecewise constant and denoising score matching cannot learn.
 PIECEWISE_LINEAR_ACTIVATIONS = frozenset({
     "relu", "relu6", "leaky_relu", "hard_sigmoid", "hard_silu", "hard_swish", "linear",
-    "hard_tanh", "soft_shrink", "hard_shrink", "tanh_shrink_linear", "threshold",
+    "hard_tanh", "soft_shrink", "hard_shrink", "sparse_sigmoid", "threshold",
 })
 
 

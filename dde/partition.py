@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from dde._validation import check_data, check_positive
+from dde._validation import check_data, check_positive, random_seed
 
 tfd = tfp.distributions
 
@@ -520,7 +520,7 @@ def make_proposal(proposal, x_train=None, *, noise_std: float | None = None,
 def _make_seed(seed):
     """A stateless seed: an int64 array [2] from an int, a pair, or None (fresh entropy)."""
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**31 - 1))
+        seed = random_seed()
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         return np.array([0, int(seed)], dtype=np.int64)
     arr = np.asarray(seed)
@@ -1051,14 +1051,11 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
             "...) (or `dde normalize`) before computing a log-likelihood.")
     x = check_data(x_test, name="x_test", n_features=_model_input_dim(model),
                    owner=type(model).__name__, dtype=np.float32)
-    model._ensure_built(x.shape[1])
     _model_noise_std(model, noise_std)  # rejects noise_std for a single-σ model
-    sigma = model.normalized_noise_std(noise_std)  # the σ log Ẑ was estimated at
-    if _is_noise_conditional(model):
-        f = model.log_density(x, noise_std=sigma, batch_size=batch_size)
-    else:
-        f = model.log_density(x, batch_size=batch_size)
-    f = np.asarray(f, dtype=np.float64)
+    from dde.models import EnergyModel
+
+    # f(x) − log Ẑ at the σ log Ẑ was estimated at (EnergyModel.log_prob checks it)
+    f = EnergyModel.log_prob(model, x, noise_std=noise_std, batch_size=batch_size)
     if not np.isfinite(f).all():
         raise ValueError(f"The model's log-density is not finite at "
                          f"{int((~np.isfinite(f)).sum())} test points.")
@@ -1067,6 +1064,6 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
     n = len(f)
     test_se = float(np.std(f, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     se_z_term = se_z if np.isfinite(se_z) else 0.0
-    return AverageLogLikelihood(mean=float(f.mean() - log_z),
+    return AverageLogLikelihood(mean=float(f.mean()),
                                 stderr=math.sqrt(test_se**2 + se_z_term**2), n=n,
                                 test_stderr=test_se, log_z=log_z, log_z_stderr=se_z)

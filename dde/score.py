@@ -32,7 +32,7 @@ import tensorflow as tf
 from dde._validation import check_data, check_positive
 from dde.nets import score_mlp
 from dde.sde import check_time_interval, check_times, get_sde
-from dde.training import DSMModel
+from dde.training import DSMModel, weighted_mean
 
 _INFERENCE_BATCH = 8192
 _WEIGHTINGS = ("sigma2", "beta")
@@ -105,10 +105,8 @@ class ScoreNetwork(DSMModel):
             raise ValueError(f"condition must be one of {_CONDITIONS}, got {condition!r}.")
         self.condition = condition
         # log(σ_t/α_t) at T_ε and T: the network input is this quantity mapped to [0, 1].
-        ends = [self.sde.marginal_coefficients(tf.constant(v, tf.float64))
-                for v in (self.eps, self.sde.T)]
-        self._log_noise_range = tuple(float(np.log(s.numpy()) - np.log(a.numpy()))
-                                      for a, s in ends)
+        self._log_noise_range = tuple(
+            float(self.sde.log_noise(tf.constant(v, tf.float64))) for v in (self.eps, self.sde.T))
         self.scale_by_std = bool(scale_by_std)
         self._init_training(seed)
 
@@ -136,8 +134,7 @@ class ScoreNetwork(DSMModel):
         """The network's time input c_t: [n] → [n, 1]."""
         if self.condition == "time":
             return tf.reshape(t, [-1, 1])
-        alpha, std = self.sde.marginal_coefficients(t)
-        c = tf.math.log(std) - tf.math.log(alpha)
+        c = self.sde.log_noise(t)
         lo, hi = self._log_noise_range
         return tf.reshape((c - tf.cast(lo, c.dtype)) / tf.cast(hi - lo, c.dtype), [-1, 1])
 
@@ -199,10 +196,7 @@ class ScoreNetwork(DSMModel):
             else:
                 weight = factor * tf.square(std) / g2
         per_example = weight * residual
-        if sample_weight is None:
-            return tf.reduce_mean(per_example)
-        w = tf.cast(tf.reshape(sample_weight, [-1]), per_example.dtype)
-        return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
+        return weighted_mean(per_example, sample_weight)
 
     # -------------------------------------------------------------------------- NumPy level
     def score(self, x, t, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:

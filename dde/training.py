@@ -18,10 +18,9 @@ Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from dde._validation import check_data
+from dde._validation import check_data, random_seed
 
 
 def num_replicas() -> int:
@@ -36,11 +35,6 @@ def _replica_id():
     return tf.cast(ctx.replica_id_in_sync_group, tf.int64)
 
 
-def random_seed() -> int:
-    """A fresh non-negative int32 seed from OS entropy."""
-    return int(np.random.SeedSequence().entropy % (2**31 - 1))
-
-
 def first_component(element_spec):
     """The spec (or value) of x in a dataset element x, (x,), (x, y) or (x, y, w)."""
     while isinstance(element_spec, (tuple, list)):
@@ -48,6 +42,14 @@ def first_component(element_spec):
     if isinstance(element_spec, dict):
         raise TypeError("A tf.data.Dataset of dicts is not supported; yield x or (x,).")
     return element_spec
+
+
+def weighted_mean(per_example, sample_weight=None):
+    """Mean of per-example losses [batch], weighted by `sample_weight` ([batch] or None)."""
+    if sample_weight is None:
+        return tf.reduce_mean(per_example)
+    w = tf.cast(tf.reshape(sample_weight, [-1]), per_example.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
 
 
 class DSMModel(keras.Model):

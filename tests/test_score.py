@@ -99,7 +99,8 @@ def test_scale_by_std_and_conditions():
         np.testing.assert_allclose(s[:, 0], 1 / std.numpy() if scale else 1.0, rtol=1e-5)
         c = seen["c"].numpy()[:, 0]
         if condition == "log_noise":  # (λ(t) − λ(T_ε)) / (λ(T) − λ(T_ε)), λ = log(σ_t/α_t)
-            lam = sde.log_noise(tf.constant(t, tf.float64)).numpy()
+            alpha, sigma = sde.marginal_coefficients(tf.constant(t, tf.float64))
+            lam = np.log(sigma.numpy() / alpha.numpy())
             expected = (lam - lam[0]) / (lam[-1] - lam[0])
         else:
             expected = t

@@ -106,9 +106,8 @@ def load_training_data(args):
         check_positive(args.num_samples, "--num-samples", integer=True)
         x = toy.sample(name, args.num_samples, seed=args.seed)
         return (*_split(x, fraction, args.seed), name)
-    x_train = datasets.load_dataset(name, "train")
-    x_val = datasets.load_dataset(name, "validation")
-    return x_train, x_val, name
+    splits = datasets.load_splits(name)
+    return splits.train, splits.validation, name
 
 
 def _decay_every(initial, final, factor, total_steps, fraction=0.6):
