@@ -33,6 +33,7 @@ states from T down to T_ε, every `thin` steps / at `num_saved` equally spaced t
 from __future__ import annotations
 
 import collections
+import inspect
 import numbers
 import weakref
 
@@ -43,6 +44,7 @@ import tensorflow_probability as tfp
 
 from dde._validation import check_data, check_positive, stateless_seed_pair
 from dde.likelihood import ODESolverError, SolveGuard
+from dde.sampling import _weak
 from dde.score import as_score_fn
 from dde.sde import SDE, check_time_interval
 
@@ -67,21 +69,30 @@ class _Target:
     """A resolved score model: score_fn(x, t), its SDE, owner object (cache key), dim."""
 
     def __init__(self, score, sde):
-        self.score_fn = as_score_fn(score)
+        score_fn = as_score_fn(score)
+        # Held weakly: compiled loops capture this target and are cached per owner (a weak
+        # key), so a strong reference would keep every model ever sampled from alive.
+        self._score_fn = (weakref.WeakMethod(score_fn) if inspect.ismethod(score_fn)
+                          else _weak(score_fn))
+        self._owner = _weak(getattr(score_fn, "__self__", score))
         sde = getattr(score, "sde", None) if sde is None else sde
         if sde is None:
             raise ValueError("sde is required when the score model does not carry one.")
         if not isinstance(sde, SDE):
             raise TypeError(f"sde must be a dde.sde.SDE, got {type(sde)!r}.")
         self.sde = sde
-        self.owner = getattr(self.score_fn, "__self__", score)
         self.input_dim = getattr(score, "input_dim", None)
         self.dtype = tf.as_dtype(getattr(score, "compute_dtype", None) or "float32")
         if isinstance(score, keras.Model) and not score.built:
             raise ValueError("The score model has not been built or trained yet.")
 
+    @property
+    def owner(self):
+        """The object the compiled loops are cached for (the score model)."""
+        return self._owner()
+
     def score(self, x, t):
-        return tf.cast(self.score_fn(x, t), x.dtype)
+        return tf.cast(self._score_fn()(x, t), x.dtype)
 
 
 class _ScoreSamplerBase(keras.layers.Layer):

@@ -1,6 +1,8 @@
 """Tests of dde.score_sampling: reverse-SDE (predictor–corrector) and probability-flow ODE
 samplers on Gaussian data with exact scores, trajectories, failures, configs, validation."""
+import gc
 import math
+import weakref
 
 import keras
 import numpy as np
@@ -102,6 +104,24 @@ def test_score_network_target_and_failures():
     with pytest.raises(ODESolverError, match="step budget") as info:
         ProbabilityFlowSampler(max_num_steps=2)(exact_score(sde), np.zeros((4, 2)), sde=sde)
     assert 1e-3 < info.value.time_reached < 1.0
+
+
+def test_compiled_loops_do_not_keep_score_models_alive():
+    """The compiled-loop cache holds score models weakly: a deleted model is freed."""
+    from dde import score_sampling
+
+    def sample_from_a_new_model():
+        # In a frame of its own: TensorFlow's tracing can snapshot the caller's locals,
+        # which would hold the model for as long as that frame lives.
+        model = ScoreNetwork(score_mlp(2, depth=1, width=8), sde=VPSDE())
+        model.build([(None, 2), (None, 1)])
+        ReverseDiffusionSampler(num_steps=2)(model, 3, seed=0)
+        ProbabilityFlowSampler()(model, 3, seed=0)
+        return weakref.ref(model), model in score_sampling._COMPILED
+
+    ref, cached = sample_from_a_new_model()
+    gc.collect()
+    assert cached and ref() is None
 
 
 def test_config_round_trip():
