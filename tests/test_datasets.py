@@ -345,9 +345,9 @@ def test_load_dataset_errors(monkeypatch):
         load_dataset("no_such_set", "train")
     with pytest.raises(ValueError, match="Unknown split"):
         load_dataset("iris", "testing")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="name must be"):
         load_dataset(3, "train")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="split must be"):
         load_dataset("iris", None)
     assert load_dataset("iris", "val").shape == (30, 4)
     assert {"breast_cancer", "wine", "iris", "digits", "power", "gas", "hepmass", "miniboone",

@@ -172,7 +172,7 @@ def test_noise_schedule_decays_to_floor_and_is_saved(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
     assert float(loaded.noise_std.numpy()) == pytest.approx(0.1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="factor"):
         dde.NoiseStdSchedule(factor=1.5)
 
 

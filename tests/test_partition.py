@@ -416,9 +416,9 @@ def test_ais_schedules():
     np.testing.assert_allclose(P.ais_schedule("linear", 4), [0, 0.25, 0.5, 0.75, 1])
     custom = P.ais_schedule([0.0, 0.1, 1.0])
     np.testing.assert_array_equal(custom, [0.0, 0.1, 1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-decreasing from exactly 0 to 1"):
         P.ais_schedule([0.1, 1.0])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="non-decreasing from exactly 0 to 1"):
         P.ais_schedule([0.0, 0.9])
 
 
@@ -526,7 +526,7 @@ def test_normalize_bad_input():
         model.normalize(x, noise_std=0.3)  # only for noise-conditional models
     with pytest.raises(ValueError, match="x_train is required"):
         model.normalize(None, proposal="gmm")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="EnergyModel"):
         P.average_log_likelihood("not a model", x)
     assert not model.is_normalized
 

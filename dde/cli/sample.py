@@ -96,22 +96,6 @@ def _sampler_options(args):
     return options
 
 
-def scatter_figure(samples, title):
-    """A matplotlib Figure with a scatter plot of 2-D samples [n, 2]."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 5))
-    ax = fig.add_subplot()
-    alpha = max(0.05, min(0.6, 300.0 / max(len(samples), 1)))
-    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=alpha, linewidths=0)
-    ax.set_aspect("equal")
-    ax.set_xlabel("$x_1$")
-    ax.set_ylabel("$x_2$")
-    ax.set_title(title)
-    fig.tight_layout()
-    return fig
-
-
 def run(args) -> int:
     import numpy as np
 
@@ -143,7 +127,9 @@ def run(args) -> int:
 
     fig = None
     if args.plot is not None:
-        fig = scatter_figure(samples, f"{args.method}: {len(samples)} samples")
+        from dde.plotting import plot_samples
+
+        fig = plot_samples(samples, title=f"{args.method}: {len(samples)} samples")
     _io.save_npy(args.out, samples)
     if fig is not None:
         _io.save_figure(fig, args.plot, dpi=120)
