@@ -13,7 +13,7 @@ provides what `compile` / `fit` / `evaluate` need around it:
 - `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer.
 
 Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
-`_init_training(seed)` in `__init__` and implement `_ensure_built(input_dim)`.
+`_init_training(seed)` in `__init__` and implement `ensure_built(input_dim)`.
 """
 from __future__ import annotations
 
@@ -62,12 +62,12 @@ class DSMModel(keras.Model):
         # Counts evaluation batches so that `evaluate` draws the same noise on every call.
         self._eval_step = keras.Variable(0, dtype="int64", trainable=False, name="eval_step",
                                          aggregation="only_first_replica")
-        self._compiled = {}
 
     def dsm_loss(self, x, seed, sample_weight=None, training=False):
         raise NotImplementedError
 
-    def _ensure_built(self, input_dim: int):
+    def ensure_built(self, input_dim: int):
+        """Build the model for inputs of `input_dim` features if it is not built yet."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------ Keras hooks
@@ -160,7 +160,7 @@ class DSMModel(keras.Model):
         dataset) is scored with the same loss and fixed noise.
         """
         x, d = self._check_fit_input(x, "x")
-        self._ensure_built(d)
+        self.ensure_built(d)
         if validation_data is not None:
             if isinstance(validation_data, tuple):
                 validation_data = (self._check_fit_input(validation_data[0],
@@ -180,6 +180,6 @@ class DSMModel(keras.Model):
         repeated calls on the same data give the same value."""
         if not kwargs.get("_use_cached_eval_dataset", False):
             x, d = self._check_fit_input(x, "x")
-            self._ensure_built(d)
+            self.ensure_built(d)
         self._eval_step.assign(0)
         return super().evaluate(x, y, *args, **kwargs)
