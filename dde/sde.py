@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dde._registry import Registry
 from dde._tensors import as_column
 from dde._validation import check_positive, sanitize_seed
 
@@ -363,17 +364,24 @@ class ReverseSDE:
         return drift, diffusion
 
 
+#: SDE classes by name; `get_sde("name")` builds one with its defaults.
+SDES = Registry("SDE")
+SDES.register("vp", VPSDE)
+SDES.register("ve", VESDE)
+
+
 def get_sde(sde) -> SDE:
-    """An `SDE` from an instance, a name ("vp", "ve") or a serialized config dict."""
+    """An `SDE` from an instance, a registered name ("vp", "ve"; "vpsde", "VP-SDE", ... too)
+    or a serialized config dict."""
     if isinstance(sde, SDE):
         return sde
     if isinstance(sde, str):
         key = sde.lower().replace("-", "").replace("_", "")
-        if key in ("vp", "vpsde"):
-            return VPSDE()
-        if key in ("ve", "vesde"):
-            return VESDE()
-        raise ValueError(f"Unknown SDE name {sde!r}; expected 'vp' or 've' or an SDE object.")
+        key = key[:-3] if key.endswith("sde") and key[:-3] in SDES else key
+        if key not in SDES:
+            raise ValueError(f"Unknown SDE name {sde!r}; expected one of {SDES.names()} or an "
+                             "SDE object.")
+        return SDES.lookup(key)()
     if isinstance(sde, dict):
         obj = keras.saving.deserialize_keras_object(sde)
         if isinstance(obj, SDE):
