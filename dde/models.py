@@ -16,6 +16,7 @@ which gives the same per-example form), a conservative score at every noise leve
 from __future__ import annotations
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -66,6 +67,29 @@ class EnergyModel(DSMModel):
         self.log_z_noise_std = self.add_weight(
             shape=(), dtype="float64", trainable=False, name="log_z_noise_std",
             initializer=keras.initializers.Constant(float("nan")))
+        # The Pareto k̂ of the estimate's weights and whether it was reliable (1/0; NaN for
+        # an estimate stored without them, e.g. by set_log_partition or dde 0.1.0).
+        self.log_z_pareto_k = self.add_weight(
+            shape=(), dtype="float64", trainable=False, name="log_z_pareto_k",
+            initializer=keras.initializers.Constant(float("nan")))
+        self.log_z_reliable = self.add_weight(
+            shape=(), dtype="float64", trainable=False, name="log_z_reliable",
+            initializer=keras.initializers.Constant(float("nan")))
+
+    #: Variables added after dde 0.1.0, absent from the `.keras` files it wrote.
+    _VARIABLES_ADDED_AFTER_0_1_0 = ("log_z_pareto_k", "log_z_reliable")
+
+    def load_own_variables(self, store):
+        """Keras's loading of the model's own variables, also for files written by dde 0.1.0
+        (which lack the variables named in `_VARIABLES_ADDED_AFTER_0_1_0`; those keep
+        their defaults)."""
+        own = self._trainable_variables + self._non_trainable_variables
+        old = [v for v in own if v.name not in self._VARIABLES_ADDED_AFTER_0_1_0]
+        if len(store.keys()) == len(old) < len(own):
+            for i, v in enumerate(old):
+                v.assign(store[f"{i}"])
+            return
+        super().load_own_variables(store)
 
     # ----------------------------------------------------------------------------- building
     def build(self, input_shape):
@@ -268,10 +292,11 @@ class EnergyModel(DSMModel):
         return bool(np.isfinite(self.log_z.numpy()))
 
     def set_log_partition(self, log_z: float, stderr: float = 0.0, ess: float = float("nan"),
-                          noise_std: float | None = None):
-        """Store a log-partition estimate log Ẑ (with its standard error and ESS) of the
-        density at noise level `noise_std` (default: sigma_min of a NoiseConditionalDDE, the
-        model's σ for a DenoisingDensityEstimator)."""
+                          noise_std: float | None = None, pareto_k: float = float("nan"),
+                          reliable: bool | None = None):
+        """Store a log-partition estimate log Ẑ (with its standard error, ESS, Pareto k̂ and
+        reliability flag) of the density at noise level `noise_std` (default: sigma_min of a
+        NoiseConditionalDDE, the model's σ for a DenoisingDensityEstimator)."""
         if not np.isfinite(log_z):
             raise ValueError(f"log_z must be finite, got {log_z}.")
         sigma = self.resolve_noise_std(noise_std)
@@ -279,6 +304,18 @@ class EnergyModel(DSMModel):
         self.log_z_stderr.assign(float(stderr))
         self.log_z_ess.assign(float(ess))
         self.log_z_noise_std.assign(float(sigma))
+        self.log_z_pareto_k.assign(float(pareto_k))
+        self.log_z_reliable.assign(float("nan") if reliable is None else float(bool(reliable)))
+
+    @property
+    def log_z_is_reliable(self) -> bool:
+        """Whether the stored log Ẑ was marked reliable (an estimate stored without the flag
+        counts as reliable unless its ESS is below 100)."""
+        flag = float(self.log_z_reliable.numpy())
+        if np.isfinite(flag):
+            return bool(flag)
+        ess = float(self.log_z_ess.numpy())
+        return not (np.isfinite(ess) and ess < 100.0)
 
     def normalized_noise_std(self, noise_std=None) -> float:
         """The σ at which the stored log Ẑ applies, checked against `noise_std` (a requested
@@ -300,19 +337,22 @@ class EnergyModel(DSMModel):
         x_train [N, d]: data the proposal is fitted to. method: "is" (importance sampling)
         or "ais" (annealed importance sampling). proposal: "gaussian", "student_t", "gmm",
         "smoothed" or a `tfp.distributions.Distribution` with event size d (AIS anneals from
-        it). The estimate comes with its standard error and effective sample size (ESS); a
-        small ESS warns (see `dde.partition`). num_samples: samples (IS,
-        default 100,000) or chains (AIS, default 1,000). seed: default the model's seed.
-        For a NoiseConditionalDDE, f(·, σ) is normalized at σ = `noise_std` (an option;
-        default sigma_min). Other options: see `dde.partition.estimate_model_log_partition`.
-        Afterwards `log_prob(x) = f(x) − log Ẑ`; log Ẑ, its standard error and the ESS are
-        saved with the model. Returns the `dde.partition.LogPartitionResult`.
+        it). The estimate comes with its standard error, effective sample size (ESS) and the
+        Pareto k̂ of its weights; an unreliable estimate (small ESS or large k̂) warns (see
+        `dde.partition`). num_samples: samples (IS, default 100,000) or chains (AIS, default
+        1,000). seed: default the model's seed. proposal_options: options of a named
+        proposal (e.g. {"n_components": 8} for "gmm"). For a NoiseConditionalDDE, f(·, σ) is
+        normalized at σ = `noise_std` (an option; default sigma_min). Other options: see
+        `dde.partition.estimate_model_log_partition`. Afterwards `log_prob(x) = f(x) −
+        log Ẑ`; log Ẑ, its standard error, ESS, k̂ and reliability are saved with the model.
+        Returns the `dde.partition.LogPartitionResult`.
         """
         result = partition.estimate_model_log_partition(
             self, x_train, method=method, proposal=proposal, num_samples=num_samples,
             batch_size=batch_size, seed=seed, **options)
         self.set_log_partition(result.log_z, result.stderr, result.ess,
-                               noise_std=options.get("noise_std"))
+                               noise_std=options.get("noise_std"), pareto_k=result.pareto_k,
+                               reliable=result.reliable)
         return result
 
     def log_prob(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
@@ -443,18 +483,54 @@ class NoiseConditionalDDE(EnergyModel):
     `dde.nets.conditional_energy_mlp`). Training draws log σ uniformly per example and uses the
     DSM loss with weight λ(σ) = σ²; then `∇ₓf(·, σ)` approximates the score of the data
     smoothed by N(0, σ²I) at every σ in the range. Without `noise_std`, methods use sigma_min.
+
+    sigma_max: None (default) sets it from the training data when `fit` (or
+    `set_data_statistics`) first sees them: the largest distance between two training points
+    (Song & Ermon 2020, technique 1), so that p_{σ_max} is nearly the prior of the diffusion
+    bridge (`dde.DDEScore`) and annealed sampling starts from a level where the modes mix.
+    A given sigma_max smaller than that distance warns, naming both.
     """
 
-    def __init__(self, network, sigma_min: float = 0.01, sigma_max: float = 1.0,
+    def __init__(self, network, sigma_min: float = 0.01, sigma_max: float | None = None,
                  seed: int | None = None, **kwargs):
         super().__init__(network, seed=seed, **kwargs)
         check_positive(sigma_min, "sigma_min")
-        check_positive(sigma_max, "sigma_max")
-        if sigma_min >= sigma_max:
-            raise ValueError(f"sigma_min ({sigma_min}) must be smaller than sigma_max "
-                             f"({sigma_max}).")
         self.sigma_min = float(sigma_min)
+        self.sigma_max = None
+        if sigma_max is not None:
+            self._set_sigma_max(sigma_max)
+
+    def _set_sigma_max(self, sigma_max):
+        check_positive(sigma_max, "sigma_max")
+        if self.sigma_min >= sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be smaller than sigma_max "
+                             f"({sigma_max}).")
         self.sigma_max = float(sigma_max)
+
+    def _require_sigma_max(self):
+        if self.sigma_max is None:
+            raise ValueError("sigma_max of this NoiseConditionalDDE is set from the training "
+                             "data: fit it first (or call set_data_statistics), or pass "
+                             "sigma_max=.")
+        return self.sigma_max
+
+    def set_data_statistics(self, x):
+        """As `EnergyModel.set_data_statistics`; also sets sigma_max (when it was None) to
+        the largest distance between two rows of x, and warns when a given sigma_max is
+        smaller than that."""
+        super().set_data_statistics(x)
+        if isinstance(x, tf.data.Dataset):
+            x = np.concatenate([np.asarray(first_component(b)) for b in x.take(8)])
+        spread = data_diameter(x, seed=self.seed)
+        if self.sigma_max is None:
+            self._set_sigma_max(max(spread, self.sigma_min * 10.0))
+        elif self.sigma_max < spread:
+            warnings.warn(
+                f"sigma_max = {self.sigma_max:.4g} is smaller than the largest distance "
+                f"between training points ({spread:.4g}): p_σ at sigma_max is far from the "
+                "Gaussian prior of the diffusion bridge, and annealed sampling cannot mix "
+                "distant modes. Use sigma_max=None (the data's diameter).", UserWarning,
+                stacklevel=3)
 
     def _build_network(self, input_shape):
         if not self.network.built:
@@ -472,7 +548,7 @@ class NoiseConditionalDDE(EnergyModel):
 
     def _training_noise_std(self, batch_size, seed):
         u = tf.random.stateless_uniform([batch_size, 1], seed, dtype=self.compute_dtype)
-        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        lo, hi = math.log(self.sigma_min), math.log(self._require_sigma_max())
         return tf.exp(lo + (hi - lo) * u)
 
     def _default_sigma(self, x):
@@ -496,11 +572,22 @@ class NoiseConditionalDDE(EnergyModel):
     def noise_levels(self, num_levels: int) -> np.ndarray:
         """Geometric noise levels σ₁ = sigma_max > … > σ_L = sigma_min, shape [num_levels]."""
         check_positive(num_levels, "num_levels", integer=True)
-        return np.geomspace(self.sigma_max, self.sigma_min, num_levels)
+        return np.geomspace(self._require_sigma_max(), self.sigma_min, num_levels)
 
     def get_config(self):
         return {**super().get_config(), "sigma_min": self.sigma_min,
                 "sigma_max": self.sigma_max}
+
+
+def data_diameter(x, max_points: int = 2000, seed: int = 0) -> float:
+    """The largest Euclidean distance between two rows of x [n, d] (on a random subset of
+    `max_points` rows when n is larger: a slight underestimate)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) > max_points:
+        x = x[np.random.default_rng(seed).choice(len(x), max_points, replace=False)]
+    sq = np.sum(x * x, axis=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * x @ x.T
+    return float(math.sqrt(max(float(d2.max()), 0.0)))
 
 
 class NoiseStdSchedule(keras.callbacks.Callback):

@@ -25,10 +25,13 @@ the same objective in expectation with far smaller variance.
 """
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+import dde.partition as partition
 from dde._cache import compiled_function, weak
 from dde._tensors import as_column
 from dde._validation import check_data, check_positive
@@ -266,16 +269,35 @@ class DDEScore:
     model's range) α_t = 1 and σ̃_t = σ(t). One energy model is then normalized two ways:
     log p_{T_ε} by the probability flow, and f(·, σ̃_{T_ε}) − log Ẑ by importance sampling.
 
+    The prior p_T of the probability flow (`prior_log_prob`) is, by default, the model's own:
+    p_T(x) = α_T^{−d} p_{σ̃_T}(x/α_T) with p_{σ̃_T} = exp f(·, σ̃_T) / Z_T, log Z_T estimated
+    once by importance sampling from the Gaussian with the data's moments widened by σ̃_T²
+    (nearly exact: at σ̃_T of the data's diameter the smoothed density is close to that
+    Gaussian) — the SDE's nominal N(0, σ_max²I) is off by nats per point when σ_max is not
+    far above the data's spread.
+
     Args:
-        model: a `NoiseConditionalDDE`.
+        model: a `NoiseConditionalDDE` (fitted, or with `sigma_max` given).
         sde: an `SDE` (default `VESDE(model.sigma_min, model.sigma_max)`); σ̃_t must stay in
             the model's trained range [sigma_min, sigma_max] for t ∈ [eps, T].
         eps: T_ε, the smallest time used.
+        prior: "model" (default; falls back to "gaussian" without training statistics or
+            when its normalization is unreliable), "gaussian" (N(α_T μ, α_T²Σ + σ_T²I) with
+            the data's mean μ and covariance Σ) or "sde" (the SDE's `prior_logp`).
     """
 
-    def __init__(self, model, sde=None, eps: float = 1e-5):
+    PRIORS = ("model", "gaussian", "sde")
+
+    def __init__(self, model, sde=None, eps: float = 1e-5, prior: str = "model"):
         if not isinstance(model, NoiseConditionalLike):
             raise TypeError(f"model must be a NoiseConditionalDDE, got {type(model).__name__}.")
+        if model.sigma_max is None:
+            raise ValueError("The NoiseConditionalDDE has no sigma_max yet (it is set from "
+                             "the training data): fit it first, or pass sigma_max=.")
+        if prior not in self.PRIORS:
+            raise ValueError(f"prior must be one of {self.PRIORS}, got {prior!r}.")
+        self.prior = prior
+        self._prior_normalization = None
         self.model = model
         self.sde = VESDE(model.sigma_min, model.sigma_max) if sde is None else get_sde(sde)
         self.eps = check_time_interval(eps, self.sde.T)
@@ -329,30 +351,58 @@ class DDEScore:
         return (tf.cast(grad / alpha, x.dtype),
                 tf.cast(laplacian / tf.square(alpha[:, 0]), x.dtype))
 
-    def prior_log_prob(self, z):
-        """log p_T(z) under the data's first two moments: N(α_T μ, α_T²Σ + σ_T²I) with μ, Σ
-        the model's `data_mean` / `data_cov` (the SDE prior if those are unset): [n, d] → [n].
-
-        Closer to the true p_T than the SDE prior when σ_T is not far above the data's spread.
-        """
-        if not self.model.has_data_stats:
-            return self.sde.prior_logp(z)
-        z = tf.cast(z, tf.float64)
+    def _terminal(self):
+        """(α_T, σ̃_T = σ_T/α_T) as float64 scalars."""
         alpha, std = self.sde.marginal_coefficients(tf.constant(self.sde.T, tf.float64))
-        mean = alpha * tf.cast(self.model.data_mean, tf.float64)
+        return alpha, std / alpha
+
+    def gaussian_prior(self):
+        """N(μ, Σ + σ̃_T²I) of u = x/α_T from the data's moments (a float64 tfd), or None."""
+        if not self.model.has_data_stats:
+            return None
+        _, sigma = self._terminal()
         d = int(self.model.input_dim)
-        cov = (tf.square(alpha) * tf.cast(self.model.data_cov, tf.float64)
-               + tf.square(std) * tf.eye(d, dtype=tf.float64))
-        chol = tf.linalg.cholesky(cov)
-        diff = tf.transpose(z - mean)
-        white = tf.linalg.triangular_solve(chol, diff, lower=True)
-        log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)))
-        return (-0.5 * tf.reduce_sum(tf.square(white), axis=0)
-                - 0.5 * (d * np.log(2 * np.pi) + log_det))
+        return partition.gaussian_from_moments(
+            self.model.data_mean.numpy(),
+            self.model.data_cov.numpy() + float(sigma) ** 2 * np.eye(d), name="GaussianPrior")
+
+    def prior_normalization(self, num_samples: int = 100_000):
+        """The `LogPartitionResult` of f(·, σ̃_T) by importance sampling from
+        `gaussian_prior()` (estimated once and kept), or None without training statistics."""
+        if self._prior_normalization is None:
+            q = self.gaussian_prior()
+            if q is None:
+                return None
+            _, sigma = self._terminal()
+            self._prior_normalization = partition.estimate_log_partition(
+                self.model.log_density_fn(float(sigma)), q, num_samples, seed=self.model.seed,
+                on_low_ess="ignore")
+        return self._prior_normalization
+
+    def prior_log_prob(self, z):
+        """log p_T(z) of the prior named by `prior` (see the class docstring): [n, d] → [n]."""
+        z = tf.cast(z, tf.float64)
+        alpha, sigma = self._terminal()
+        d = int(z.shape[-1])
+        gaussian = None if self.prior == "sde" else self.gaussian_prior()
+        if gaussian is None:
+            return self.sde.prior_logp(z)
+        u = z / alpha
+        log_jacobian = -d * tf.math.log(alpha)
+        if self.prior == "model":
+            norm = self.prior_normalization()
+            if norm.reliable:
+                f = self.model.log_density_fn(float(sigma))(u)
+                return f - norm.log_z + log_jacobian
+            warnings.warn(f"The normalization of f(·, σ_T = {float(sigma):.4g}) is unreliable "
+                          f"({norm}); the probability-flow prior falls back to the "
+                          "moment-matched Gaussian.", UserWarning, stacklevel=2)
+        return gaussian.log_prob(u) + log_jacobian
 
     def get_config(self):
         return {"model": keras.saving.serialize_keras_object(self.model),
-                "sde": keras.saving.serialize_keras_object(self.sde), "eps": self.eps}
+                "sde": keras.saving.serialize_keras_object(self.sde), "eps": self.eps,
+                "prior": self.prior}
 
     @classmethod
     def from_config(cls, config):

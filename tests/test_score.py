@@ -232,8 +232,14 @@ def test_dde_score_matches_the_exact_score_and_laplacian(sde):
 
 
 def test_dde_score_prior_and_serialization():
+    """The bridge's priors: without data statistics the SDE's; "gaussian" the data's moments
+    widened by σ_T²; "model" (the default) the model's own f(·, σ_T), normalized by
+    importance sampling — for this exact energy N(0, (0.5 + σ_T²)I), whatever the stored
+    moments."""
+    from scipy.stats import multivariate_normal
+
     model = _gaussian_dde(0.5, 2, sigma_min=0.01, sigma_max=10.0)
-    bridge = DDEScore(model)
+    bridge = DDEScore(model, prior="gaussian")
     assert bridge.sde == VESDE(0.01, 10.0) and bridge.input_dim == 2
     z = tf.constant([[0.5, -1.0], [3.0, 2.0]], tf.float64)
     # Without data statistics: the SDE prior.
@@ -241,12 +247,17 @@ def test_dde_score_prior_and_serialization():
     model.data_mean.assign([1.0, -1.0])
     model.data_cov.assign([[0.5, 0.1], [0.1, 0.4]])
     cov = np.array([[0.5, 0.1], [0.1, 0.4]]) + 100.0 * np.eye(2)
-    from scipy.stats import multivariate_normal
     np.testing.assert_allclose(bridge.prior_log_prob(z).numpy(),
                                multivariate_normal([1.0, -1.0], cov).logpdf(z.numpy()),
                                rtol=1e-10)
+    own = DDEScore(model)
+    assert own.prior == "model"
+    exact = multivariate_normal([0.0, 0.0], 100.5 * np.eye(2)).logpdf(z.numpy())
+    np.testing.assert_allclose(own.prior_log_prob(z).numpy(), exact, atol=1e-3)
+    assert own.prior_normalization().reliable
     restored = DDEScore.from_config(bridge.get_config())
     assert restored.sde == bridge.sde and restored.eps == bridge.eps
+    assert restored.prior == "gaussian"
     np.testing.assert_allclose(restored.score_tensor(z, 0.5).numpy(),
                                bridge.score_tensor(z, 0.5).numpy())
 

@@ -51,6 +51,7 @@ from dde.partition.results import (
     AverageLogLikelihood,
     LogPartitionResult,
     LowEffectiveSampleSizeWarning,
+    UnreliableEstimateWarning,
 )
 from dde.partition.weights import importance_statistics
 
@@ -60,6 +61,7 @@ __all__ = [
     "DEFAULT_NUM_SAMPLES",
     "LogPartitionResult",
     "LowEffectiveSampleSizeWarning",
+    "UnreliableEstimateWarning",
     "METHODS",
     "PROPOSALS",
     "SCHEDULES",

@@ -22,10 +22,10 @@ import dde.mcmc as mcmc
 from dde._cache import compiled_function, weak
 from dde._registry import Registry
 from dde._validation import check_positive
-from dde.partition.importance import as_log_density, progress_bar
+from dde.partition.importance import as_log_density, progress_bar, result_from_summary
 from dde.partition.proposals import cholesky_factor
 from dde.partition.results import LogPartitionResult
-from dde.partition.weights import finalize, stats_init, stats_update
+from dde.partition.weights import group_stderr, summarize_log_weights
 
 SCHEDULES = Registry("AIS schedule")
 
@@ -232,7 +232,8 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
                                  step_size: float | None = None,
                                  target_accept_rate: float | None = None,
                                  adapt_step_size: bool = True,
-                                 adaptation_rate: float = 1.0) -> LogPartitionResult:
+                                 adaptation_rate: float = 1.0,
+                                 min_ess: float = 100.0) -> LogPartitionResult:
     """AIS estimate of log Z with M = m chains (seed: int64 [2]); see
     `dde.partition.estimate_log_partition` for the arguments."""
     betas_np = ais_schedule(schedule, num_steps)
@@ -286,8 +287,12 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
         acc_count += float(state[4].numpy())
         bad_total += int(state[5].numpy())
     log_w = np.concatenate(all_log_w)
-    stats = stats_update(stats_init(), tf.constant(log_w))
-    log_z, stderr, ess, m, n_nan = finalize(stats, nan_policy)
+    summary = summarize_log_weights(log_w, nan_policy)
+    # The groups (batches of chains) are independent; the chains of a group share their
+    # step-size adaptation, so the spread of the group estimates is an SE free of that.
+    sizes = [len(w) for w in all_log_w]
+    replicate_se = group_stderr(np.where(np.isnan(log_w), -np.inf, log_w), sizes)
+    m = summary.num_samples
     evaluations = m * (1 + (num_temps - 1) * n_inner * leapfrog)
     diagnostics = {
         "proposal": proposal.name, "kernel": kernel_name, "num_steps": num_temps,
@@ -297,9 +302,10 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
         "final_step_size": float(np.mean(final_h)), "num_nonfinite_proposals": bad_total,
         "batch_size": batch_size,
     }
-    return LogPartitionResult(log_z=log_z, stderr=stderr, ess=ess, num_samples=m,
-                              method="ais", num_nonfinite=n_nan, num_evaluations=evaluations,
-                              seed=tuple(int(s) for s in seed), diagnostics=diagnostics,
-                              log_weights=log_w)
+    diagnostics["num_groups"] = len(sizes)
+    return result_from_summary(summary, "ais", seed, min_ess, replicate_stderr=replicate_se,
+                               num_replicates=len(sizes) if len(sizes) > 1 else m,
+                               num_evaluations=evaluations, diagnostics=diagnostics,
+                               log_weights=log_w)
 
 

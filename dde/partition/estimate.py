@@ -22,8 +22,9 @@ from dde._validation import check_data, check_positive, sanitize_seed
 from dde.partition.ais import annealed_importance_sampling
 from dde.partition.importance import importance_sampling
 from dde.partition.proposals import event_size, make_proposal, proposal_option_names
-from dde.partition.results import AverageLogLikelihood, LogPartitionResult
-from dde.partition.weights import LOW_ESS_POLICIES, NAN_POLICIES, check_ess
+from dde.partition.results import (AverageLogLikelihood, LogPartitionResult,
+                                   UnreliableEstimateWarning)
+from dde.partition.weights import LOW_ESS_POLICIES, NAN_POLICIES, check_reliability
 from dde.protocols import EnergyModelLike, input_dim_of
 
 tfd = tfp.distributions
@@ -81,8 +82,10 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
     progress: show a progress bar.
     nan_policy: "raise" (default): any NaN log-density raises ValueError naming how many;
         "zero": NaN counts as a zero weight, with a RuntimeWarning giving the count.
-    min_ess, on_low_ess: if ESS < min(min_ess, 0.1·M) then "warn" (a
-        `LowEffectiveSampleSizeWarning`), "raise" (RuntimeError) or "ignore".
+    min_ess, on_low_ess: when the estimate is not reliable — ESS < min(min_ess, 0.1·M), or
+        the weights' Pareto k̂ above `pareto_k_threshold(M)` (0.7 for M ≥ 2·10⁴) — "warn"
+        (an `UnreliableEstimateWarning`, a `LowEffectiveSampleSizeWarning`), "raise"
+        (RuntimeError) or "ignore". The result says it either way (`reliable`, `pareto_k`).
     jit_compile: compile the batch step with XLA.
     ais_options (method="ais"): num_steps=200 (K temperatures), schedule="sigmoid" ("linear",
         "geometric" or an increasing array from 0 to 1; see `ais_schedule`), kernel="hmc"
@@ -96,7 +99,7 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
         temperature depend on the batch's chains at the previous one, an O(1/batch) effect;
         for exactly independent chains pass adapt_step_size=False and a fixed step_size.
 
-    Returns a `LogPartitionResult` (log_z, stderr, ess, num_samples, ...).
+    Returns a `LogPartitionResult` (log_z, stderr, ess, num_samples, pareto_k, reliable, ...).
     """
     check_positive(num_samples, "num_samples", integer=True)
     check_positive(batch_size, "batch_size", integer=True)
@@ -115,11 +118,12 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
     with _expected_retracing():
         if method == "is":
             result = estimator(log_density_fn, proposal, int(num_samples), int(batch_size),
-                               seed, progress, nan_policy, jit_compile)
+                               seed, progress, nan_policy, jit_compile, min_ess=min_ess)
         else:
             result = estimator(log_density_fn, proposal, d, int(num_samples), int(batch_size),
-                               seed, progress, nan_policy, jit_compile, **ais_options)
-    check_ess(result.ess, result.num_samples, min_ess, on_low_ess)
+                               seed, progress, nan_policy, jit_compile, min_ess=min_ess,
+                               **ais_options)
+    check_reliability(result, min_ess, on_low_ess)
     return result
 
 
@@ -241,6 +245,17 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
     n = len(f)
     test_se = float(np.std(f, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     se_z_term = se_z if np.isfinite(se_z) else 0.0
-    return AverageLogLikelihood(mean=float(f.mean()),
-                                stderr=math.sqrt(test_se**2 + se_z_term**2), n=n,
-                                test_stderr=test_se, log_z=log_z, log_z_stderr=se_z)
+    reliable = model.log_z_is_reliable
+    result = AverageLogLikelihood(mean=float(f.mean()),
+                                  stderr=math.sqrt(test_se**2 + se_z_term**2), n=n,
+                                  test_stderr=test_se, log_z=log_z, log_z_stderr=se_z,
+                                  log_z_ess=float(model.log_z_ess.numpy()),
+                                  log_z_pareto_k=float(model.log_z_pareto_k.numpy()),
+                                  reliable=reliable)
+    if not reliable:
+        warnings.warn(
+            f"The model's log Ẑ is unreliable (ESS {result.log_z_ess:.1f}, Pareto k̂ "
+            f"{result.log_z_pareto_k:.2f}): the average log-likelihood {result} may be off "
+            "by many standard errors. Normalize again with a better proposal, more samples "
+            "or AIS.", UnreliableEstimateWarning, stacklevel=2)
+    return result

@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from dde._cache import compiled_function, weak
 from dde.partition.results import LogPartitionResult
-from dde.partition.weights import finalize, stats_init, stats_update
+from dde.partition.weights import (finalize, is_reliable, pareto_tail_size, reported_stderr,
+                                   stats_init, stats_update)
 
 
 def as_log_density(log_density_fn, x):
@@ -51,22 +52,35 @@ def _is_step(log_density_fn, proposal, jit_compile):
 
 
 def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress, nan_policy,
-                        jit_compile) -> LogPartitionResult:
+                        jit_compile, min_ess=100.0) -> LogPartitionResult:
     """IS estimate of log Z from M = m samples of `proposal` (seed: int64 [2]); see
     `dde.partition.estimate_log_partition` for the arguments."""
     step = _is_step(log_density_fn, proposal, jit_compile)
     base = tf.constant(seed, tf.int64)
     num_batches = -(-m // batch_size)
     bar = progress_bar(num_batches, "batch") if progress else None
-    state = stats_init()
+    state = stats_init(pareto_tail_size(m) + 1)
     for b in range(num_batches):
         n = min(batch_size, m - b * batch_size)
         batch_seed = tf.random.experimental.stateless_fold_in(base, b)
         state = step(state, tf.cast(batch_seed, tf.int32), tf.constant(n, tf.int32))
         if bar is not None:
             bar.update(b + 1)
-    log_z, stderr, ess, m, n_nan = finalize(state, nan_policy)
-    return LogPartitionResult(log_z=log_z, stderr=stderr, ess=ess, num_samples=m, method="is",
-                              num_nonfinite=n_nan, num_evaluations=m,
-                              seed=tuple(int(s) for s in seed),
-                              diagnostics={"proposal": proposal.name, "batch_size": batch_size})
+    summary = finalize(state, nan_policy)
+    return result_from_summary(summary, "is", seed, min_ess, num_evaluations=summary.num_samples,
+                               diagnostics={"proposal": proposal.name,
+                                            "batch_size": batch_size})
+
+
+def result_from_summary(summary, method, seed, min_ess, replicate_stderr=float("nan"),
+                        num_replicates=None, **fields) -> LogPartitionResult:
+    """A `LogPartitionResult` from a `WeightSummary` (reported SE, reliability flag)."""
+    return LogPartitionResult(
+        log_z=summary.log_z, stderr=reported_stderr(summary, replicate_stderr),
+        ess=summary.ess, num_samples=summary.num_samples, method=method,
+        num_nonfinite=summary.num_nan, seed=tuple(int(s) for s in seed),
+        pareto_k=summary.pareto_k, reliable=is_reliable(summary, min_ess),
+        stderr_delta=summary.stderr_delta, log_z_psis=summary.log_z_psis,
+        stderr_psis=summary.stderr_psis,
+        num_replicates=summary.num_samples if num_replicates is None else num_replicates,
+        **fields)

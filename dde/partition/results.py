@@ -11,18 +11,33 @@ class LowEffectiveSampleSizeWarning(UserWarning):
     """The effective sample size of a partition-function estimate is too small to trust it."""
 
 
+class UnreliableEstimateWarning(LowEffectiveSampleSizeWarning):
+    """A partition-function estimate (or a likelihood built on it) is unreliable: its Pareto
+    k̂ is too large or its ESS too small; its error can be many standard errors."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LogPartitionResult:
     """A Monte Carlo estimate of log Z.
 
-    log_z: the estimate log Ẑ; stderr: its standard error (delta method); ess: the effective
-    sample size (Σw)²/Σw² of the (final) importance weights; num_samples: M, the number of
-    samples (IS) or chains (AIS); method: "is" or "ais"; num_nonfinite: samples whose
-    log-weight was NaN (only possible with nan_policy="zero", where they count as zero
-    weights); num_evaluations: evaluations of the log-density (AIS: each with its gradient);
-    seed: the stateless seed [2] used; diagnostics: method-specific details (proposal, AIS
-    schedule, acceptance rate, step size, ...); log_weights: the final log-weights of the
-    AIS chains [M] (None for streaming IS, which keeps only running sums).
+    log_z: the estimate log Ẑ = log mean weight; stderr: its standard error (see
+    `dde.partition.weights.reported_stderr`); ess: the effective sample size (Σw)²/Σw² of the
+    (final) importance weights; num_samples: M, the number of samples (IS) or chains (AIS);
+    method: "is" or "ais"; num_nonfinite: samples whose log-weight was NaN (only possible with
+    nan_policy="zero", where they count as zero weights); num_evaluations: evaluations of the
+    log-density (AIS: each with its gradient); seed: the stateless seed [2] used;
+    diagnostics: method-specific details (proposal, AIS schedule, acceptance rate, ...);
+    log_weights: the final log-weights of the AIS chains [M] (None for streaming IS, which
+    keeps only running sums and the largest weights).
+    pareto_k: PSIS's k̂ of the weights' right tail (Vehtari et al. 2024): below 0.5 the
+    weights have a finite variance; above `pareto_k_threshold(M)` (0.7 for M ≥ 2·10⁴) the
+    estimate cannot be trusted, whatever its ESS. reliable: whether k̂ is below that
+    threshold and the ESS is not small (see `dde.partition.weights.is_reliable`).
+    stderr_delta: the delta-method standard error of the raw weights; log_z_psis,
+    stderr_psis: the estimate and its delta-method SE from the Pareto-smoothed weights;
+    num_replicates: the number of independent replicates behind `stderr` (M for IS and for
+    AIS chains treated as independent; the number of independent chain groups when the SE
+    comes from their spread).
     """
 
     log_z: float
@@ -36,6 +51,12 @@ class LogPartitionResult:
     diagnostics: dict = dataclasses.field(default_factory=dict)
     log_weights: np.ndarray | None = dataclasses.field(default=None, repr=False,
                                                        compare=False)
+    pareto_k: float = float("nan")
+    reliable: bool = True
+    stderr_delta: float = float("nan")
+    log_z_psis: float = float("nan")
+    stderr_psis: float = float("nan")
+    num_replicates: int = 0
 
     @property
     def ess_fraction(self) -> float:
@@ -53,9 +74,10 @@ class LogPartitionResult:
 
     def __str__(self) -> str:
         unit = "chains" if self.method == "ais" else "samples"
+        flag = "" if self.reliable else " — UNRELIABLE"
         return (f"log Z = {self.log_z:.4f} ± {2 * self.stderr:.4f} (2·SE), "
-                f"ESS = {self.ess:,.1f} of {self.num_samples:,} {unit} "
-                f"({self.method.upper()})")
+                f"ESS = {self.ess:,.1f} of {self.num_samples:,} {unit}, "
+                f"k̂ = {self.pareto_k:.2f} ({self.method.upper()}){flag}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +94,14 @@ class AverageLogLikelihood:
     test_stderr: float
     log_z: float
     log_z_stderr: float
+    log_z_ess: float = float("nan")
+    log_z_pareto_k: float = float("nan")
+    reliable: bool = True
 
     def as_dict(self) -> dict:
         """A JSON-ready dict of every field."""
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {2 * self.stderr:.3f} (2·SE)"
+        flag = "" if self.reliable else " — UNRELIABLE normalization"
+        return f"{self.mean:.3f} ± {2 * self.stderr:.3f} (2·SE){flag}"

@@ -1,0 +1,258 @@
+"""Calibration of the log Ẑ error bars: do the reported ±2·SE intervals cover the truth, and
+does the reliability flag fire when they do not?
+
+    python benchmarks/calibration.py [--quick] [--dims 2,10,21,43] [--seeds 100]
+                                     [--families gaussian,mixture,banana,student_t]
+                                     [--out FILE]
+
+Targets with exactly known log Z (f = log p + c with p normalized and c known):
+- gaussian: a correlated Gaussian (eigenvalues of the covariance from 0.2 to 3);
+- mixture: three unequal components (weights 0.6, 0.3, 0.1), separated means, own covariances;
+- banana: a rotated banana, each pair of coordinates (u₁, u₂ + b(u₁² − s²)) of a Gaussian u,
+  rotated — a volume-preserving map, so Z = e^c;
+- student_t: a correlated multivariate Student-t with 5 degrees of freedom.
+Proposals are fitted to 2,000 exact draws of the target (`fits` independent fits per
+configuration): the full-covariance Gaussian, the Student-t, a 4-component Gaussian mixture,
+and AIS (HMC, from the Gaussian). Every estimate is made `seeds` times at a small budget
+(IS 5,000 samples, AIS 256 chains × 100 temperatures) and a few times at a large one (IS 2·10⁵,
+AIS 2,048 chains × 300 temperatures).
+
+Printed per configuration: runs marked reliable, coverage of log Z ± 2·SE among them, the
+largest |error|/SE among them, the mean error in SE units (bias), and how many runs with an
+error beyond 4·SE were *not* marked unreliable (the goal: none). Writes JSON with every run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+FAMILIES = ("gaussian", "mixture", "banana", "student_t")
+PROPOSALS = ("gaussian", "student_t", "gmm", "ais")
+
+
+# ------------------------------------------------------------------------------ targets
+def _rotation(d, rng):
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def _covariance(d, rng, lo=0.2, hi=3.0):
+    q = _rotation(d, rng)
+    return (q * np.geomspace(lo, hi, d)) @ q.T
+
+
+class Target:
+    """A target density p with log_prob (tensor level, float64) and exact draws."""
+
+    def __init__(self, family: str, d: int, seed: int = 0):
+        import tensorflow_probability as tfp
+
+        tfd = tfp.distributions
+        rng = np.random.default_rng([seed, d, FAMILIES.index(family)])
+        self.family, self.d = family, d
+        self.c = float(rng.uniform(-3, 3))
+        if family == "gaussian":
+            self.dist = tfd.MultivariateNormalTriL(
+                np.zeros(d), np.linalg.cholesky(_covariance(d, rng)))
+        elif family == "mixture":
+            means = rng.normal(size=(3, d)) * 2.5
+            trils = np.stack([np.linalg.cholesky(_covariance(d, rng, 0.2, 1.0)) for _ in range(3)])
+            self.dist = tfd.MixtureSameFamily(
+                tfd.Categorical(probs=np.array([0.6, 0.3, 0.1])),
+                tfd.MultivariateNormalTriL(means, trils))
+        elif family == "student_t":
+            self.dist = tfd.MultivariateStudentTLinearOperator(
+                5.0, np.zeros(d), tf_lower_triangular(np.linalg.cholesky(_covariance(d, rng))))
+        elif family == "banana":
+            self.rotation = _rotation(d, rng)
+            self.scales = np.where(np.arange(d) % 2 == 0, 1.5, 0.5)
+            self.bend = 0.3
+        else:
+            raise ValueError(f"Unknown family {family!r}.")
+
+    def log_prob(self, x):
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float64)
+        if self.family != "banana":
+            return self.dist.log_prob(x)
+        u = tf.linalg.matvec(tf.constant(self.rotation.T), x)  # x = R v, v = (u1, u2 + b(u1²−s²))
+        d = self.d
+        pairs = d // 2
+        first = u[:, 0:2 * pairs:2]
+        second = u[:, 1:2 * pairs:2] - self.bend * (tf.square(first)
+                                                    - self.scales[0:2 * pairs:2] ** 2)
+        parts = [first, second] + ([u[:, 2 * pairs:]] if d % 2 else [])
+        z = tf.concat(parts, axis=1)
+        s = np.concatenate([self.scales[0:2 * pairs:2], self.scales[1:2 * pairs:2],
+                            self.scales[2 * pairs:]])
+        return (-0.5 * tf.reduce_sum(tf.square(z / s), -1) - np.sum(np.log(s))
+                - 0.5 * d * math.log(2 * math.pi))
+
+    def sample(self, n, rng):
+        if self.family != "banana":
+            import tensorflow as tf
+
+            seed = tf.constant(rng.integers(2**31 - 1, size=2), tf.int32)
+            return np.asarray(self.dist.sample(n, seed=seed), np.float64)
+        u = rng.normal(size=(n, self.d)) * self.scales
+        v = u.copy()
+        v[:, 1:2 * (self.d // 2):2] += self.bend * (u[:, 0:2 * (self.d // 2):2] ** 2
+                                                   - self.scales[0:2 * (self.d // 2):2] ** 2)
+        return v @ self.rotation.T
+
+    def energy(self):
+        c = self.c
+        return lambda x: self.log_prob(x) + c
+
+
+def tf_lower_triangular(m):
+    import tensorflow as tf
+
+    return tf.linalg.LinearOperatorLowerTriangular(tf.constant(m))
+
+
+# ------------------------------------------------------------------------------- runs
+def run_configuration(family, d, proposal_kind, budget, fits, seeds, rng_seed=0):
+    """Every run of one (target, proposal, budget): a list of dicts."""
+    from dde import partition as P
+    from dde.partition import weights as W
+
+    target = Target(family, d)
+    f = target.energy()
+    runs = []
+    for fit in range(fits):
+        rng = np.random.default_rng([rng_seed, fit, d, FAMILIES.index(family)])
+        x_fit = target.sample(2000, rng)
+        kind = "gaussian" if proposal_kind == "ais" else proposal_kind
+        options = {"n_components": 4} if kind == "gmm" else {}
+        q = P.make_proposal(kind, x_fit, seed=fit, **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if proposal_kind == "ais":
+                chains, steps = budget["ais_chains"], budget["ais_steps"]
+                r = P.estimate_log_partition(f, q, chains * seeds, batch_size=chains,
+                                             seed=[fit, 7], method="ais", num_steps=steps,
+                                             on_low_ess="ignore")
+                groups = np.split(r.log_weights, seeds)
+                for s, lw in enumerate(groups):
+                    summary = W.summarize_log_weights(lw, "zero")
+                    runs.append(_record(target, fit, s, summary.log_z,
+                                        W.reported_stderr(summary), summary.ess,
+                                        summary.pareto_k, W.is_reliable(summary), chains))
+            else:
+                for s in range(seeds):
+                    r = P.estimate_log_partition(f, q, budget["is_samples"],
+                                                 batch_size=min(budget["is_samples"], 20_000),
+                                                 seed=[fit, s], on_low_ess="ignore")
+                    runs.append(_record(target, fit, s, r.log_z, r.stderr, r.ess, r.pareto_k,
+                                        r.reliable, r.num_samples))
+    return runs
+
+
+def _record(target, fit, seed, log_z, stderr, ess, k, reliable, m):
+    err = log_z - target.c
+    return {"fit": fit, "seed": seed, "log_z": log_z, "true_log_z": target.c, "error": err,
+            "stderr": stderr, "z_score": err / stderr if stderr > 0 else float("inf"),
+            "ess": ess, "pareto_k": k, "reliable": bool(reliable), "num_samples": m}
+
+
+def summarize(runs) -> dict:
+    rel = [r for r in runs if r["reliable"]]
+    z = np.array([r["z_score"] for r in rel])
+    missed = [r for r in runs if abs(r["z_score"]) > 4 and r["reliable"]]
+    return {"runs": len(runs), "reliable": len(rel),
+            "unreliable_share": 1 - len(rel) / len(runs) if runs else float("nan"),
+            "coverage": float(np.mean(np.abs(z) <= 2)) if len(rel) else float("nan"),
+            "max_abs_z": float(np.max(np.abs(z))) if len(rel) else float("nan"),
+            "bias_se": float(np.mean(z)) if len(rel) else float("nan"),
+            "beyond_4se_not_flagged": len(missed)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
+    parser.add_argument("--dims", default="2,10,21,43")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--proposals", default=",".join(PROPOSALS))
+    parser.add_argument("--seeds", type=int, default=25, help="runs per proposal fit")
+    parser.add_argument("--fits", type=int, default=4, help="proposal fits per configuration")
+    parser.add_argument("--large-runs", type=int, default=5,
+                        help="runs at the large budget (one fit)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
+                                             "calibration.json"))
+    args = parser.parse_args(argv)
+    dims = [int(v) for v in args.dims.split(",")]
+    families = args.families.split(",")
+    proposals = args.proposals.split(",")
+    small = {"is_samples": 5000, "ais_chains": 256, "ais_steps": 100}
+    large = {"is_samples": 200_000, "ais_chains": 2048, "ais_steps": 300}
+    if args.quick:
+        dims, small = dims[:1], {"is_samples": 500, "ais_chains": 32, "ais_steps": 10}
+        large = {"is_samples": 2000, "ais_chains": 64, "ais_steps": 20}
+        args.seeds, args.fits, args.large_runs = 3, 1, 1
+    report = {"quick": args.quick, "budgets": {"small": small, "large": large},
+              "configurations": []}
+    start = time.perf_counter()
+    for family in families:
+        for d in dims:
+            for prop in proposals:
+                for label, budget, fits, seeds in (("small", small, args.fits, args.seeds),
+                                                   ("large", large, 1, args.large_runs)):
+                    t0 = time.perf_counter()
+                    runs = run_configuration(family, d, prop, budget, fits, seeds)
+                    row = {"family": family, "d": d, "proposal": prop, "budget": label,
+                           **summarize(runs), "seconds": time.perf_counter() - t0,
+                           "runs_detail": runs}
+                    report["configurations"].append(row)
+                    print(f"[{time.perf_counter() - start:7.1f}s] {family:9s} d={d:2d} "
+                          f"{prop:9s} {label:5s}: reliable {row['reliable']:3d}/{row['runs']}, "
+                          f"coverage {row['coverage']:.2f}, max|z| {row['max_abs_z']:.1f}, "
+                          f"bias {row['bias_se']:+.2f}, >4SE unflagged "
+                          f"{row['beyond_4se_not_flagged']}", flush=True)
+    report["overall"] = overall(report["configurations"])
+    table = markdown(report)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=float))
+    out.with_suffix(".md").write_text(table)
+    return 0
+
+
+def overall(rows) -> dict:
+    out = {}
+    for label in ("small", "large"):
+        runs = [r for row in rows if row["budget"] == label for r in row["runs_detail"]]
+        if runs:
+            out[label] = summarize(runs)
+    return out
+
+
+def markdown(report) -> str:
+    lines = ["| target | d | proposal | budget | reliable | coverage ±2SE | max abs z | "
+             "bias (SE) | >4SE not flagged |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in report["configurations"]:
+        lines.append(f"| {r['family']} | {r['d']} | {r['proposal']} | {r['budget']} | "
+                     f"{r['reliable']}/{r['runs']} | {r['coverage']:.2f} | "
+                     f"{r['max_abs_z']:.1f} | {r['bias_se']:+.2f} | "
+                     f"{r['beyond_4se_not_flagged']} |")
+    for label, s in report["overall"].items():
+        lines.append(f"| **all** | | | {label} | {s['reliable']}/{s['runs']} | "
+                     f"**{s['coverage']:.3f}** | {s['max_abs_z']:.1f} | {s['bias_se']:+.2f} | "
+                     f"**{s['beyond_4se_not_flagged']}** |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
