@@ -44,7 +44,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from dde._validation import check_data, check_positive, random_seed
+from dde._validation import check_data, check_finite_results, check_positive, random_seed
 
 tfd = tfp.distributions
 
@@ -1055,10 +1055,9 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
     from dde.models import EnergyModel
 
     # f(x) − log Ẑ at the σ log Ẑ was estimated at (EnergyModel.log_prob checks it)
-    f = EnergyModel.log_prob(model, x, noise_std=noise_std, batch_size=batch_size)
-    if not np.isfinite(f).all():
-        raise ValueError(f"The model's log-density is not finite at "
-                         f"{int((~np.isfinite(f)).sum())} test points.")
+    f = check_finite_results(
+        EnergyModel.log_prob(model, x, noise_std=noise_std, batch_size=batch_size),
+        "model's log-density")
     log_z = float(model.log_z.numpy())
     se_z = float(model.log_z_stderr.numpy())
     n = len(f)
