@@ -125,11 +125,13 @@ def atomic_files(paths, suffixes=None):
                 os.replace(tmp, target)
             except OSError as err:
                 raise _name_error(err, target)
-    except BaseException:
+    except BaseException as err:
         for tmp in temps:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         _remove_folders(created)
+        if isinstance(err, OSError) and err.filename in temps:  # name the target instead
+            err.filename = os.fspath(targets[temps.index(err.filename)])
         raise
 
 
