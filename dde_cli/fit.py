@@ -238,18 +238,26 @@ def run(args) -> int:
 
 
 def _check_training(history, model, x_train) -> None:
-    """A run whose loss or σ went wrong is an error: nothing of it is written."""
+    """A run whose losses or energies are not finite, or whose energies are absurd (beyond
+    what float32 log-densities resolve, as for data far from unit scale), is an error:
+    nothing of it is written."""
     import numpy as np
 
     from dde._validation import check_finite_results
+    from dde.models import MAX_ABS_LOG_Z
 
     for key, values in history.history.items():
         bad = [i + 1 for i, v in enumerate(values) if not np.isfinite(v)]
         if bad:
             raise ValueError(f"Training diverged: {key} is not finite at epoch {bad[0]} (data "
                              "far from unit scale? standardize it or lower --learning-rate).")
-    check_finite_results(model.log_density(x_train), "learned log-density of the training "
-                                                     "data")
+    f = check_finite_results(model.log_density(x_train), "learned log-density of the "
+                                                         "training data")
+    if np.abs(f).max() > MAX_ABS_LOG_Z:
+        raise ValueError(f"The learned log-density reaches |f| = {np.abs(f).max():.3g} on the "
+                         f"training data (> {MAX_ABS_LOG_Z:g}, where float32 no longer "
+                         "resolves log-densities): the data are far from unit scale "
+                         f"(|x| up to {np.abs(x_train).max():.3g}); standardize them.")
 
 
 def _run_detector(args, x_train, x_val, data_name, out: Path) -> int:
