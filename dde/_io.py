@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +250,7 @@ def read_array(path) -> np.ndarray:
         if str(path) in str(err):
             raise
         raise ValueError(f"Could not read {path}: {err}") from err
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zipfile.BadZipFile) as err:  # truncated or not an archive
         raise ValueError(f"Could not read {path}: {err}") from err
     raise ValueError(f"Unsupported data file type '{suffix}' for {path}; use .npy, .npz or .csv.")
 
