@@ -496,3 +496,21 @@ def test_readme_commands_use_separate_fresh_environments_and_ci_runs_the_test_co
     assert "pytest" in commands[1]
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert commands[1] in ci.splitlines()
+
+
+def test_fit_plots_are_labelled_and_say_the_density_is_unnormalized(work, monkeypatch):
+    figures = {}
+    real = _io.save_figure
+
+    def keep(fig, path, **kwargs):
+        figures[Path(path).name] = fig
+        real(fig, path, **kwargs)
+
+    monkeypatch.setattr(_io, "save_figure", keep)
+    assert main(["fit", "--out", str(work / "run"), "--epochs", "2", "--num-samples", "300",
+                 "--width", "8", "--quiet"]) == 0
+    density = figures["density.png"]
+    assert "un-normalized" in density.axes[0].get_title()
+    assert density.axes[0].get_xlabel() and density.axes[0].get_ylabel()
+    assert len(density.axes) == 2 and density.axes[1].get_ylabel()  # the colour bar
+    assert "not directly comparable" in figures["training_curves.png"].axes[0].get_title()
