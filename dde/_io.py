@@ -219,6 +219,14 @@ def save_keras(model, path) -> None:
         model.save(tmp)
 
 
+def check_keras_archive(path, what=None) -> None:
+    """Raise ValueError naming `path` (or `what`) unless it is a zip archive, as every
+    `.keras` file is: Keras itself reports a truncated file as "File not found"."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{what or path} is not a valid .keras model file (a .keras file is "
+                         "a zip archive; this one is truncated or corrupted).")
+
+
 def read_array(path) -> np.ndarray:
     """Read a 2-D numeric array from `.npy`, `.npz` (array `X`, `x`, `data` or the only one)
     or `.csv` / `.txt` (comma-separated, an optional header row of names is skipped).

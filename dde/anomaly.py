@@ -34,7 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from dde._io import atomic_path
+from dde._io import atomic_path, check_keras_archive
 from dde._validation import check_finite_results
 from dde.models import DenoisingDensityEstimator, EnergyModel, NoiseStdSchedule
 from dde.nets import check_activation, energy_mlp
@@ -503,9 +503,11 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                                      f"JSON ({err}).") from err
                 with tempfile.TemporaryDirectory() as tmpdir:
                     archive.extract(_MODEL_FILE, tmpdir)
+                    keras_file = os.path.join(tmpdir, _MODEL_FILE)
+                    check_keras_archive(keras_file, f"{path}: its {_MODEL_FILE}")
                     try:
-                        model = keras.saving.load_model(os.path.join(tmpdir, _MODEL_FILE),
-                                                        compile=False, safe_mode=True)
+                        model = keras.saving.load_model(keras_file, compile=False,
+                                                        safe_mode=True)
                     except Exception as err:  # corrupt archives, unknown classes, ...
                         raise ValueError(f"{path} is damaged: its {_MODEL_FILE} does not "
                                          f"load ({' '.join(str(err).split())})") from err
@@ -567,7 +569,7 @@ def _checked_state(state, model, path) -> dict:
             raise damaged(f"{where}'{key}' is missing")
         value = container[key]
         if not ok(value):
-            raise damaged(f"{where}'{key}' must be {expected}, got {str(value)[:60]}")
+            raise damaged(f"{where}'{key}' must be {expected}, got {repr(value)[:60]}")
         return value
 
     def integer(low):
