@@ -27,8 +27,16 @@ COMMANDS = ["fit", "sample", "normalize", "evaluate", "score"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (with a pointer to --help) and
+    exit with status 2, like every other error of the command."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dde",
         description="Denoising Density Estimators: train learned log-densities, sample, "
                     "normalize, evaluate likelihoods and score anomalies.")

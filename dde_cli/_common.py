@@ -8,7 +8,6 @@ ValueError whose message names the option and the path.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 #: Seeds are int32-sized non-negative integers, as everywhere in the library.
@@ -96,6 +95,9 @@ def _check_output_folder(flag: str, path: Path, inputs: dict) -> None:
     if _inside(Path(os.path.realpath(os.getcwd())), real):
         raise ValueError(f"{flag} {path} holds the current directory, and is replaced as a "
                          "whole; choose another output folder.")
+    if real.is_dir() and not os.access(real, os.W_OK | os.X_OK):  # (a folder's rename too)
+        raise ValueError(f"{flag} {path}: cannot replace this folder (permission denied or "
+                         "read-only file system).")
     if real.is_dir() and not is_run_folder(real):
         raise ValueError(f"{flag} {path} is a folder that holds other files than those of a "
                          "dde run, and is replaced as a whole; choose a new or empty folder.")
@@ -136,6 +138,7 @@ def load_model(path, flag: str = "--model"):
     import keras
 
     import dde  # noqa: F401  (registers the dde classes)
+    from dde._io import check_keras_archive
     from dde.models import EnergyModel
     from dde_cli import one_line
 
@@ -146,9 +149,7 @@ def load_model(path, flag: str = "--model"):
         raise ValueError(f"Model file not found: {path}")
     if path.suffix != ".keras":
         raise ValueError(f"Expected a .keras model file, got {path}.")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a valid .keras model file (a .keras file is a zip "
-                         "archive; this one is truncated or corrupted).")
+    check_keras_archive(path)
     try:
         model = keras.saving.load_model(path)
     except Exception as err:  # corrupt archives, unknown classes, ...
@@ -158,12 +159,13 @@ def load_model(path, flag: str = "--model"):
     return model
 
 
-def read_data(path, what: str = "data", model=None):
-    """The data file as a validated float32 array [n, d] (a 1-D file is one column), with
-    the model's feature count when a built model is given."""
+def read_data(path, what: str = "data", model=None, dtype="float32",
+              allow_1d_as_column: bool = True):
+    """The data file as a validated array [n, d] of `dtype` (by default a 1-D file is one
+    column), with the model's feature count when a built model is given."""
     from dde._io import read_array
     from dde._validation import check_data
 
     n_features = model.input_dim if model is not None and model.built else None
     return check_data(read_array(path), name=f"{what} file {path}", n_features=n_features,
-                      owner="the model", allow_1d_as_column=True)
+                      owner="the model", dtype=dtype, allow_1d_as_column=allow_1d_as_column)

@@ -91,7 +91,6 @@ _DENSITY_DEFAULTS = {"depth": 3, "width": 128, "activation": "softplus", "batch_
 
 def load_training_data(args):
     """(x_train, x_val, name) for the data source the arguments name. Raises ValueError."""
-    from dde._validation import check_positive
     from dde_cli._common import read_data
 
     fraction = (_DENSITY_DEFAULTS["validation_split"] if args.validation_split is None
@@ -106,7 +105,6 @@ def load_training_data(args):
     from dde.datasets import toy
 
     if name in toy.NAMES:
-        check_positive(args.num_samples, "--num-samples", integer=True)
         x = toy.sample(name, args.num_samples, seed=args.seed)
         return (*_split(x, fraction, args.seed), name)
     splits = datasets.load_splits(name)
@@ -130,7 +128,7 @@ def _check_args(args) -> None:
     from dde._validation import check_positive
     from dde_cli._common import check_seed
 
-    for flag in ("epochs", "batch_size", "depth", "width", "decay_every"):
+    for flag in ("epochs", "batch_size", "depth", "width", "decay_every", "num_samples"):
         if getattr(args, flag) is not None:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True)
     for flag in ("learning_rate", "noise_std", "initial_noise_std", "decay_factor"):

@@ -86,6 +86,11 @@ def run(args) -> int:
     check_positive(args.num_leapfrog_steps, "--num-leapfrog-steps", integer=True)
     check_positive(args.proposal_scale, "--proposal-scale")
     check_positive(args.min_ess, "--min-ess", allow_zero=True)
+    check_positive(args.df, "--df")
+    if args.df <= 2:
+        raise ValueError(f"--df must be > 2 (a finite covariance), got {args.df}.")
+    if args.smoothing_std is not None:
+        check_positive(args.smoothing_std, "--smoothing-std")
     check_seed(args.seed)
     out = Path(args.out) if args.out is not None else Path(args.model)
     if out.suffix != ".keras":

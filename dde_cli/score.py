@@ -59,21 +59,20 @@ def run(args) -> int:
     model_path, data_path, out = Path(args.model), Path(args.data), Path(args.out)
     check_paths({"--model": model_path, "--data": data_path}, files={"--out": out})
 
-    import numpy as np
-
-    from dde._io import read_array, write_text
+    from dde._io import write_text
     from dde.anomaly import DDEAnomalyDetector
+    from dde_cli._common import read_data
 
     detector = DDEAnomalyDetector.load(model_path)
-    x = read_array(data_path)
+    # float64, as the detector standardizes before its float32 model (which it checks)
+    x = read_data(data_path, dtype="float64", allow_1d_as_column=False)
     header = _csv_header(data_path)
     names = getattr(detector, "feature_names_in_", None)
     if header is not None and names is not None and len(header) == len(names) \
             and list(header) != [str(n) for n in names]:
         raise ValueError(f"{data_path}: the column names {header} differ from the detector's "
                          f"training features {list(map(str, names))}.")
-    x = np.asarray(x)
-    if x.ndim == 2 and x.shape[1] != detector.n_features_in_:
+    if x.shape[1] != detector.n_features_in_:
         raise ValueError(f"{data_path} has {x.shape[1]} columns, but the detector was trained "
                          f"on {detector.n_features_in_} features.")
     try:
