@@ -194,13 +194,16 @@ def test_normalize_in_place_leaves_the_model_unchanged_when_the_json_fails(work,
 
 
 def test_sample_writes_no_samples_when_the_plot_fails(work, capsys, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("plotting failed")
+    """Writing the plot fails after the samples were written: they must not stay."""
+    def broken(fig, path, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", str(path))
 
-    monkeypatch.setattr(dde.plotting, "plot_samples", broken)
-    expect_refusal(capsys, work, ["sample", "--model", str(work / "model.keras"), "-n", "3",
-                                  "--steps", "2", "--out", str(work / "s.npy"), "--plot",
-                                  str(work / "s.png"), "--quiet"], "plotting failed")
+    monkeypatch.setattr(_io, "save_figure", broken)
+    line = expect_refusal(capsys, work, ["sample", "--model", str(work / "model.keras"),
+                                         "-n", "3", "--steps", "2", "--out",
+                                         str(work / "s.npy"), "--plot", str(work / "s.png"),
+                                         "--quiet"], "Input/output error")
+    assert line.endswith(str(work / "s.png"))  # the target's name, not the temporary's
 
 
 def test_fit_writes_nothing_when_a_plot_fails(work, capsys, monkeypatch):
