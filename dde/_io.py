@@ -60,9 +60,18 @@ def normal_mode(path, directory: bool = False) -> int:
     0o666 (folders 0o777) without the bits of the process umask."""
     with contextlib.suppress(OSError):
         return os.stat(path).st_mode & 0o7777
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def _umask() -> int:
+    """The process umask: from /proc (Linux), else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return umask
 
 
 def _name_error(err: OSError, path) -> OSError:

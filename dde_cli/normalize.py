@@ -39,8 +39,7 @@ def add_parser(subparsers) -> None:
                    help="components of the gmm proposal (default: 8)")
     p.add_argument("--proposal-scale", type=float, default=1.0,
                    help="inflate the gaussian/student_t/gmm proposal's standard deviations by "
-                        "this "
-                        "factor (default: 1.0)")
+                        "this factor (default: 1.0)")
     p.add_argument("--smoothing-std", type=float, default=None,
                    help="σ of the smoothed proposal (default: the model's σ)")
     p.add_argument("--noise-std", type=float, default=None,
