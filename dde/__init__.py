@@ -4,14 +4,11 @@ Learned un-normalized log-densities trained by denoising score matching, Langevi
 Monte Carlo partition functions, a score-network branch with probability-flow likelihoods,
 and anomaly scoring.
 """
-from dde import datasets, likelihood, nets, partition, plotting, sampling, score_sampling, sde
+from dde import (datasets, likelihood, mcmc, nets, ode, partition, plotting, protocols, sampling,
+                 score_sampling, sde)
 from dde.anomaly import DDEAnomalyDetector
-from dde.likelihood import (
-    ODESolverError,
-    ProbabilityFlow,
-    ProbabilityFlowResult,
-    probability_flow_log_prob,
-)
+from dde.likelihood import ProbabilityFlow, ProbabilityFlowResult, probability_flow_log_prob
+from dde.ode import ODESolverError, ODEStatus
 from dde.models import (
     DenoisingDensityEstimator,
     EnergyModel,
@@ -28,7 +25,9 @@ from dde.partition import (
     smoothed_empirical_proposal,
     student_t_proposal,
 )
+from dde.protocols import EnergyModelLike, NoiseConditionalLike
 from dde.sampling import (
+    SAMPLERS,
     AnnealedLangevinSampler,
     LangevinSampler,
     LogDensity,
@@ -51,7 +50,10 @@ __all__ = [
     "EnergyModel",
     "NoiseConditionalDDE",
     "NoiseStdSchedule",
+    "EnergyModelLike",
+    "NoiseConditionalLike",
     "nets",
+    "protocols",
     # normalization
     "AverageLogLikelihood",
     "LogPartitionResult",
@@ -68,6 +70,8 @@ __all__ = [
     "LogDensity",
     "MALASampler",
     "SamplerResults",
+    "SAMPLERS",
+    "mcmc",
     "sampling",
     # score-network branch
     "SDE",
@@ -76,6 +80,8 @@ __all__ = [
     "DDEScore",
     "ScoreNetwork",
     "ODESolverError",
+    "ODEStatus",
+    "ode",
     "ProbabilityFlow",
     "ProbabilityFlowResult",
     "probability_flow_log_prob",

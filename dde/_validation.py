@@ -114,17 +114,25 @@ def random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**31 - 1))
 
 
-def stateless_seed_pair(seed, salt: int) -> np.ndarray:
-    """A stateless-RNG seed: int64 [2] from an int (paired with `salt`, which keeps the
-    streams of different samplers apart), a pair of ints (array or tensor), or None (fresh
-    entropy). Raises TypeError otherwise."""
+def sanitize_seed(seed, salt: int = 0) -> np.ndarray:
+    """The one way into stateless randomness for the whole package: a seed [2] (int64).
+
+    seed: an int s, giving [salt, s] (the salt keeps the streams of different consumers —
+    samplers, estimators — apart when they are given the same int), a pair of ints (array
+    or tensor; used as it is), or None (fresh OS entropy). Raises TypeError for a
+    non-integer seed and ValueError for integers of another shape than [2].
+    Like `tfp.random.sanitize_seed`, but deterministic for an int and NumPy-valued.
+    """
     if seed is None:
         seed = random_seed()
     if isinstance(seed, bool):
         raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
     if isinstance(seed, numbers.Integral):
-        return np.array([int(seed), salt], dtype=np.int64)
+        return np.array([int(salt), int(seed)], dtype=np.int64)
     arr = np.asarray(seed.numpy() if hasattr(seed, "numpy") else seed)
-    if arr.shape != (2,) or arr.dtype.kind not in "iu":
+    if arr.dtype.kind not in "iu":
         raise TypeError(f"seed must be an integer or a pair of integers, got {seed!r}.")
+    if arr.shape != (2,):
+        raise ValueError(f"seed must be an integer or a pair of integers, got shape "
+                         f"{arr.shape}.")
     return arr.astype(np.int64)

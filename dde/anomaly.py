@@ -273,7 +273,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                                  "its values are too large to standardize.")
             model = self._train(self._standardize(X, "X"), rng)
         self.estimator_ = model
-        self.noise_std_ = float(model._resolve_noise_std(None))
+        self.noise_std_ = float(model.resolve_noise_std(None))
         self._set_shift()
         scores = self._score(X)
         fraction = (AUTO_CONTAMINATION if self.contamination == "auto"
@@ -313,7 +313,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.activation_val_losses_ = {act: fits[act][1]["val_loss_"] for act in candidates}
         for key in ("history_", "n_steps_", "best_step_"):
             setattr(self, key, info[key])
-        model._store_data_stats(z_train)
+        model.set_data_statistics(z_train)
         return model
 
     def _train_one(self, z_train, z_val, sigma, activation, seeds):

@@ -21,33 +21,27 @@ checked as well.
 """
 from __future__ import annotations
 
-import math
-import weakref
 from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from dde._validation import check_data, check_positive, random_seed
+from dde._cache import compiled_function, weak
+from dde._validation import check_data, check_positive, sanitize_seed
+from dde.ode import GuardedSolver, ODESolverError, ODEStatus
+from dde.score import as_score_fn
 from dde.sde import SDE, check_time_interval
+
+__all__ = ["ODESolverError", "ODEStatus", "ProbabilityFlow", "ProbabilityFlowResult",
+           "draw_probes", "probability_flow_log_prob"]
 
 _DIVERGENCES = ("exact", "hutchinson")
 _PROBES = ("rademacher", "gaussian")
-_EVALS_PER_STEP = 6  # Dormand–Prince 5(4) with first-same-as-last
 
 
 def _batch_spec(x):
     """TensorSpec [None, d] of a batch x (any batch size)."""
     return tf.TensorSpec([None, x.shape[-1]], x.dtype)
-
-
-class ODESolverError(RuntimeError):
-    """The ODE solver did not reach its final time. `time_reached` holds where it stopped."""
-
-    def __init__(self, message: str, time_reached: float = float("nan")):
-        super().__init__(message)
-        self.time_reached = time_reached
 
 
 class ProbabilityFlowResult(NamedTuple):
@@ -70,108 +64,19 @@ class ProbabilityFlowResult(NamedTuple):
     num_batches: int
 
 
-# --------------------------------------------------------------------------- solve guard
-class SolveGuard:
-    """In-graph guard of an adaptive ODE solve: bounds the number of right-hand-side
-    evaluations and detects non-finite derivatives, without Assert ops (so it also works under
-    XLA). Once tripped, the wrapped right-hand side returns zeros so the solver runs to its
-    final time quickly; `check` then raises `ODESolverError` with the time reached.
-
-    status: 0 ok, 1 evaluation budget exceeded, 2 non-finite derivative.
-    """
-
-    def __init__(self, max_evaluations: int, dtype=tf.float64):
-        self.dtype = tf.as_dtype(dtype)
-        # A variable, so the budget can change without retracing the solve.
-        self._budget = tf.Variable(int(max_evaluations), dtype=tf.int64, trainable=False,
-                                   name="ode_budget")
-        self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="ode_evaluations")
-        self.status = tf.Variable(0, dtype=tf.int32, trainable=False, name="ode_status")
-        self.time = tf.Variable(float("nan"), dtype=self.dtype, trainable=False,
-                                name="ode_time_reached")
-        # Finite but huge derivatives could overflow the state; treat them as failures.
-        self._limit = math.sqrt(self.dtype.max)
-
-    @property
-    def max_evaluations(self) -> int:
-        """The evaluation budget of one solve."""
-        return int(self._budget.numpy())
-
-    @max_evaluations.setter
-    def max_evaluations(self, value: int):
-        self._budget.assign(int(value))
-
-    def reset(self):
-        """Graph-safe reset, to call at the start of each solve."""
-        self.count.assign(0)
-        self.status.assign(0)
-        self.time.assign(tf.constant(float("nan"), self.dtype))
-
-    def wrap(self, ode_fn):
-        """Guarded ode_fn(t, y) → dy/dt (any nest of tensors)."""
-        def guarded(t, y):
-            count = self.count.assign_add(1)
-            dy = ode_fn(t, y)
-            flat = tf.nest.flatten(dy)
-            finite = tf.reduce_all([
-                tf.reduce_all(tf.math.is_finite(v)) & tf.reduce_all(tf.abs(v) < self._limit)
-                for v in flat])
-            previous = self.status.read_value()
-            new_status = tf.where(previous != 0, previous,
-                                  tf.where(count > self._budget.read_value(), 1,
-                                           tf.where(finite, 0, 2)))
-            new_status = tf.cast(new_status, tf.int32)
-            first = tf.logical_and(tf.equal(previous, 0), new_status != 0)
-            with tf.control_dependencies([self.time.assign(
-                    tf.where(first, tf.cast(t, self.dtype), self.time.read_value()))]):
-                self.status.assign(new_status)
-                ok = tf.equal(new_status, 0)
-                return tf.nest.map_structure(
-                    lambda v: tf.where(ok, v, tf.zeros_like(v)), dy)
-        return guarded
-
-    def check(self, final_time, T, solver_status, what="The probability-flow ODE solve",
-              to_time=None):
-        """Raise `ODESolverError` if the guarded solve failed (call with NumPy values):
-        final_time is the solver's final time and T the time it had to reach (SDE time);
-        to_time maps the solver's integration variable to SDE time (identity if None)."""
-        status = int(self.status.numpy())
-        reached = float(self.time.numpy())
-        if to_time is not None:
-            reached = float(to_time(reached))
-        if status == 1:
-            raise ODESolverError(
-                f"{what} did not reach t = {T:g}: the step budget was exceeded "
-                f"({self.max_evaluations} evaluations, max_num_steps = "
-                f"{self.max_evaluations // _EVALS_PER_STEP}) at t = {reached:.6g}. Increase "
-                "max_num_steps or loosen rtol/atol.", reached)
-        if status == 2:
-            raise ODESolverError(
-                f"{what} did not reach t = {T:g}: the right-hand side became non-finite at "
-                f"t = {reached:.6g} (NaN or overflow in the score model).", reached)
-        if int(solver_status) != 0:
-            raise ODESolverError(f"{what} failed with solver status {int(solver_status)}.",
-                                 float(final_time))
-        if not np.isclose(float(final_time), T, rtol=1e-9, atol=1e-9):
-            raise ODESolverError(
-                f"{what} stopped at t = {float(final_time):.6g} instead of T = {T:g}.",
-                float(final_time))
-
-
 # ----------------------------------------------------------------------- divergences
-def _score_and_divergence_fn(score, divergence):
-    """(score_fn, score_and_div_fn) for a score model or callable.
+def _score_and_divergence_fn(get_score, divergence):
+    """(score_fn, score_and_div_fn) for the score model or callable `get_score()` returns.
 
     score_and_div(x, t, probes) → (s [b, d], ∇·s [b]) with probes [k, b, d] (Hutchinson) or
     None (exact). A score object's own `score_and_divergence(x, t)` (e.g. `DDEScore`, whose
     divergence is the Laplacian of its energy) is used for the exact divergence.
     """
-    from dde.score import as_score_fn  # local: dde.score imports the models module
-
-    score_fn = as_score_fn(score)
-    own = getattr(score, "score_and_divergence", None)
+    def score_fn(x, t):
+        return as_score_fn(get_score())(x, t)
 
     def exact(x, t, probes):
+        own = getattr(get_score(), "score_and_divergence", None)
         if callable(own):
             s, div = own(x, t)
             return tf.cast(s, x.dtype), tf.cast(div, x.dtype)
@@ -220,7 +125,8 @@ class ProbabilityFlow:
     def __init__(self, score, sde: SDE | None = None, *, divergence: str = "exact",
                  rtol: float = 1e-5, atol: float = 1e-5, num_probes: int = 1,
                  probe: str = "rademacher", eps: float = 1e-5, max_num_steps: int = 10_000,
-                 dtype="float64", jit_compile: bool = False, prior_log_prob=None):
+                 dtype="float64", jit_compile: bool = False, prior_log_prob=None,
+                 weak_reference: bool = False):
         if sde is None:
             sde = getattr(score, "sde", None)
             if sde is None:
@@ -243,7 +149,9 @@ class ProbabilityFlow:
         self.dtype = tf.as_dtype(dtype)
         if not self.dtype.is_floating:
             raise TypeError(f"dtype must be a floating dtype, got {dtype!r}.")
-        self.score = score
+        # weak_reference: hold the score model weakly (the cache of
+        # `probability_flow_log_prob` does, so that it never keeps a model alive).
+        self._get_score = weak(score) if weak_reference else (lambda: score)
         self.sde = sde
         self.eps = check_time_interval(eps, sde.T)
         self.divergence = divergence
@@ -251,40 +159,47 @@ class ProbabilityFlow:
         self.num_probes = int(num_probes)
         self.probe = probe
         self.jit_compile = bool(jit_compile)
+        # The score model's own prior (e.g. `DDEScore.prior_log_prob`, moment-matched to its
+        # data) is closer to the true p_T than the SDE's nominal one: use it when there is one.
+        if prior_log_prob is None and callable(getattr(score, "prior_log_prob", None)):
+            def prior_log_prob(z):
+                return self.score.prior_log_prob(z)
         self.prior_log_prob = prior_log_prob or sde.prior_logp
         self.input_dim = getattr(score, "input_dim", None)
-        self._score_fn, self._score_and_div = _score_and_divergence_fn(score, divergence)
-        self._guard = SolveGuard(_EVALS_PER_STEP * int(max_num_steps) + 2, self.dtype)
-        self._solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol)
-        self._solves = {}  # feature dimension d → compiled solve
+        self._score_fn, self._score_and_div = _score_and_divergence_fn(self._get_score,
+                                                                       divergence)
+        self._solver = GuardedSolver(self.rtol, self.atol, max_num_steps, self.dtype)
+
+    @property
+    def score(self):
+        """The score model (or callable) this flow integrates."""
+        return self._get_score()
 
     @property
     def max_num_steps(self) -> int:
         """Step budget of one solve (changing it does not retrace)."""
-        return (self._guard.max_evaluations - 2) // _EVALS_PER_STEP
+        return self._solver.max_num_steps
 
     @max_num_steps.setter
     def max_num_steps(self, value: int):
         check_positive(value, "max_num_steps", integer=True)
-        self._guard.max_evaluations = _EVALS_PER_STEP * int(value) + 2
+        self._solver.max_num_steps = value
 
     def _solve(self, x0, probes):
         """The compiled solve for x0's dimension: one trace for every batch size (XLA still
         compiles once per batch shape)."""
         d = int(x0.shape[1])
-        if d not in self._solves:
-            k = self.num_probes if self.divergence == "hutchinson" else 0
-            spec = [tf.TensorSpec([None, d], self.dtype),
-                    tf.TensorSpec([k, None, d], self.dtype)]
-            self._solves[d] = tf.function(
-                lambda x0, probes: self._solve_graph(x0, probes), input_signature=spec,
-                jit_compile=self.jit_compile, autograph=False)
-        return self._solves[d](x0, probes)
+        k = self.num_probes if self.divergence == "hutchinson" else 0
+        spec = [tf.TensorSpec([None, d], self.dtype), tf.TensorSpec([k, None, d], self.dtype)]
+        flow = weak(self)
+        solve = compiled_function(self, ("solve", d), lambda: tf.function(
+            lambda x0, probes: flow()._solve_graph(x0, probes), input_signature=spec,
+            jit_compile=self.jit_compile, autograph=False))
+        return solve(x0, probes)
 
     def _solve_graph(self, x0, probes):
         """In-graph solve of [x, Δ] from T_ε to T for one batch x0 [b, d] (probes [k, b, d]
         or a [0, b, d] placeholder for the exact divergence)."""
-        self._guard.reset()
         sde, dtype = self.sde, self.dtype
         hutchinson = self.divergence == "hutchinson"
 
@@ -308,49 +223,43 @@ class ProbabilityFlow:
             return rhs(t, state[0], probes)
 
         state0 = (x0, tf.zeros(tf.shape(x0)[:1], dtype))
-        results = self._solver.solve(
-            self._guard.wrap(ode_fn), tf.constant(self.eps, dtype), state0,
-            solution_times=tf.constant([sde.T], dtype))
-        z = results.states[0][-1]
-        delta = results.states[1][-1]
-        return (z, delta, results.diagnostics.num_ode_fn_evaluations,
-                results.diagnostics.status, results.times[-1],
-                results.solver_internal_state.current_time)
+        solution = self._solver.solve(ode_fn, tf.constant(self.eps, dtype), state0,
+                                      tf.constant([sde.T], dtype))
+        z, delta = (v[-1] for v in solution.states)
+        return z, delta, solution._replace(states=())
 
     def _batch(self, xb, seed, index):
         x0 = tf.constant(xb, self.dtype)
         if self.divergence == "hutchinson":
             shape = [self.num_probes, xb.shape[0], xb.shape[1]]
-            batch_seed = tf.stack([tf.constant(seed, tf.int64), tf.constant(index, tf.int64)])
+            batch_seed = tf.random.experimental.stateless_fold_in(
+                tf.constant(seed, tf.int64), index)
             probes = draw_probes(shape, batch_seed, self.probe, self.dtype)
         else:
             probes = tf.zeros([0, xb.shape[0], xb.shape[1]], self.dtype)
-        z, delta, nfe, status, final_time, current = self._solve(x0, probes)
+        z, delta, solution = self._solve(x0, probes)
         T = self.sde.T
-        self._guard.check(float(final_time), T, status.numpy())
-        reached = float(current)
+        self._solver.check(solution, T, "The probability-flow ODE solve")
+        reached = float(solution.current_time)
         if reached < T * (1 - 1e-9):
             raise ODESolverError(
                 f"The probability-flow ODE solve stopped at t = {reached:.6g} before "
-                f"T = {T:g}.", reached)
+                f"T = {T:g}.", reached, ODEStatus.STOPPED_EARLY)
         z = z.numpy()
         if not (np.isfinite(z).all() and np.isfinite(delta.numpy()).all()):
             raise ODESolverError("The probability-flow ODE solve returned non-finite values.",
-                                 self.sde.T)
-        return z, delta.numpy(), int(nfe.numpy())
+                                 self.sde.T, ODEStatus.NONFINITE)
+        return z, delta.numpy(), int(solution.num_function_evaluations.numpy())
 
     def log_prob(self, x, seed=None, batch_size: int = 4096) -> ProbabilityFlowResult:
         """log p_{T_ε}(x) for x [n, d]: see `probability_flow_log_prob`."""
         x = check_data(x, name="x", n_features=self.input_dim, owner="the score model",
                        dtype=np.float64)
         check_positive(batch_size, "batch_size", integer=True)
-        if seed is None:
-            seed = random_seed()
-        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int or None, got {seed!r}.")
+        seed = sanitize_seed(seed, SEED_SALT)
         zs, deltas, nfe = [], [], 0
         for index, start in enumerate(range(0, len(x), batch_size)):
-            z, delta, n = self._batch(x[start:start + batch_size], int(seed), index)
+            z, delta, n = self._batch(x[start:start + batch_size], seed, index)
             zs.append(z)
             deltas.append(delta)
             nfe += n
@@ -362,19 +271,15 @@ class ProbabilityFlow:
                                      -(-len(x) // batch_size))
 
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+#: The salt of the Hutchinson probes' seed stream (see `dde._validation.sanitize_seed`).
+SEED_SALT = 0x0DE
 
 
 def _cached_flow(score, sde, settings):
-    owner = getattr(score, "__self__", score)  # bound methods: key on their object
-    key = (getattr(score, "__func__", None), sde, settings)
-    try:
-        per_owner = _CACHE.setdefault(owner, {})
-    except TypeError:  # not weak-referenceable
-        return ProbabilityFlow(score, sde, **dict(settings))
-    if key not in per_owner:
-        per_owner[key] = ProbabilityFlow(score, sde, **dict(settings))
-    return per_owner[key]
+    """The `ProbabilityFlow` for (score, sde, settings), cached per score model (weakly)."""
+    return compiled_function(score, ("probability_flow", sde, settings),
+                             lambda: ProbabilityFlow(score, sde, weak_reference=True,
+                                                     **dict(settings)))
 
 
 def probability_flow_log_prob(score_fn, sde: SDE | None, x, *, divergence: str = "exact",
@@ -396,14 +301,15 @@ def probability_flow_log_prob(score_fn, sde: SDE | None, x, *, divergence: str =
         num_probes, probe: Hutchinson probes per point ("rademacher" or "gaussian"), drawn
             once per solve from `seed` and held fixed along it.
         eps: T_ε, the start time (the data end of the flow), 0 < T_ε < T.
-        seed: int seed of the probes (None: random).
+        seed: seed of the probes: an int, a pair of ints, or None (random).
         batch_size: rows per solve (each batch has its own adaptive steps; results agree to
             the solver tolerance).
         max_num_steps: step budget per solve; exceeding it raises `ODESolverError`.
         dtype: integration dtype ("float64": the score model runs in its own dtype).
         jit_compile: XLA-compile the solve (compilation takes seconds to tens of seconds per
             batch shape; it pays off only for repeated evaluations).
-        prior_log_prob: log p_T(z) (default `sde.prior_logp`), [n, d] → [n].
+        prior_log_prob: log p_T(z), [n, d] → [n] (default: the score model's own
+            `prior_log_prob` when it has one, as `DDEScore` does, else `sde.prior_logp`).
 
     Returns:
         `ProbabilityFlowResult` (log_prob [n] float64, latent z [n, d], prior_log_prob,

@@ -21,6 +21,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import dde.partition as partition
+import dde.sampling as sampling
+from dde._cache import compiled_function, weak
+from dde._tensors import as_column
 from dde._validation import check_data, check_positive
 from dde.training import DSMModel, first_component, weighted_mean
 
@@ -34,11 +38,14 @@ class EnergyModel(DSMModel):
     """Base class of energy models `f(x)` trained by denoising score matching.
 
     Subclasses implement `_energy(x, sigma, training)` → [batch] (sigma: [batch, 1] noise level
-    of each example) and `_training_noise_std(batch_size, seed)` → [batch, 1].
+    of each example), `_training_noise_std(batch_size, seed)` → [batch, 1] and
+    `resolve_noise_std(noise_std)` (the one σ rule of the model).
 
     NumPy-level methods (`log_density`, `score`, `denoise`, `log_prob`) validate their input,
     run in batches through compiled functions and return NumPy arrays. Tensor-level methods
-    (`call`, `score_tensor`, `log_density_and_score`) are for use inside `tf.function`.
+    (`call`, `score_tensor`, `log_density_and_score`, `log_density_fn`) are for use inside
+    `tf.function`. The public members of `dde.protocols.EnergyModelLike` are what the
+    estimators and samplers use.
     """
 
     def __init__(self, network, seed: int | None = None, **kwargs):
@@ -86,14 +93,24 @@ class EnergyModel(DSMModel):
         if not self.network.built:
             self.network.build(input_shape)
 
-    def _ensure_built(self, input_dim: int):
+    def ensure_built(self, input_dim: int):
+        """Build the model for inputs of `input_dim` features if it is not built yet."""
         if not self.built:
-            self(tf.zeros([1, input_dim], self.compute_dtype))
+            self(tf.zeros([1, int(input_dim)], self.compute_dtype))
 
     @property
     def has_data_stats(self) -> bool:
         """Whether `data_mean` / `data_cov` hold training-data statistics."""
         return self.built and bool(np.isfinite(self.data_mean.numpy()).all())
+
+    def default_proposal(self):
+        """A normalized density close to exp f: N(data_mean, data_cov) of the training data
+        (a `tfd.MultivariateNormalTriL`, float64), or None without training statistics.
+        The default proposal of normalization and the start of sampling chains."""
+        if not self.has_data_stats:
+            return None
+        return partition.gaussian_from_moments(self.data_mean.numpy(), self.data_cov.numpy(),
+                                               name="DataGaussian")
 
     # ------------------------------------------------------------------------- tensor level
     def _energy(self, x, sigma, training=False):
@@ -112,7 +129,29 @@ class EnergyModel(DSMModel):
         sigma = tf.cast(noise_std, x.dtype)
         if sigma.shape.rank == 0:
             return tf.fill([tf.shape(x)[0], 1], sigma)
-        return tf.reshape(sigma, [-1, 1])
+        return as_column(sigma)
+
+    def resolve_noise_std(self, noise_std=None) -> float:
+        """The noise level σ that `noise_std` selects (None: the model's default)."""
+        raise NotImplementedError
+
+    def log_density_fn(self, noise_std=None):
+        """f at noise level σ (`resolve_noise_std(noise_std)`) as a traceable function
+        x [batch, d] (any float dtype) → f(x) [batch] in x's dtype. The same σ gives the same
+        function object, so estimators can cache what they compile for it."""
+        sigma = None if noise_std is None else self.resolve_noise_std(noise_std)
+        key = ("log_density_fn", sigma)
+        fns = self.__dict__.setdefault("_log_density_fns", {})
+        if key not in fns:
+            model = weak(self)
+
+            def log_density(x):
+                m = model()
+                xc = tf.cast(x, m.compute_dtype)
+                return tf.cast(m._energy(xc, m._sigma_column(xc, sigma)), x.dtype)
+
+            fns[key] = log_density
+        return fns[key]
 
     def log_density_and_score(self, x, noise_std=None, training=False):
         """Tensor level: `(f(x), ∇ₓf(x))` with shapes [batch] and [batch, d]."""
@@ -151,9 +190,15 @@ class EnergyModel(DSMModel):
     # ---------------------------------------------------------------------------- fitting
     def _on_fit_data(self, x):
         """`fit` stores the training data's mean and covariance (`data_mean`, `data_cov`)."""
-        self._store_data_stats(x)
+        self.set_data_statistics(x)
 
-    def _store_data_stats(self, x):
+    def set_data_statistics(self, x):
+        """Store the mean and covariance of x ([n, d] array, or a finite batched
+        `tf.data.Dataset`) as `data_mean` / `data_cov` (what `fit` does with its data)."""
+        if not isinstance(x, tf.data.Dataset):
+            x = check_data(x, name="x", n_features=self.input_dim if self.built else None,
+                           owner=type(self).__name__, dtype=np.float64)
+            self.ensure_built(x.shape[1])
         if isinstance(x, tf.data.Dataset):
             if x.cardinality() < 0:  # infinite or unknown: do not iterate
                 return
@@ -184,15 +229,17 @@ class EnergyModel(DSMModel):
         return arr
 
     def _compiled_fn(self, key, fn):
-        if key not in self._compiled:
-            spec = [tf.TensorSpec([None, self.input_dim], self.compute_dtype),
-                    tf.TensorSpec([], self.compute_dtype)]
-            self._compiled[key] = tf.function(fn, input_signature=spec, reduce_retracing=True)
-        return self._compiled[key]
+        """fn(model, x [b, d], σ scalar) compiled once per model (weakly cached)."""
+        model = weak(self)
+        spec = [tf.TensorSpec([None, self.input_dim], self.compute_dtype),
+                tf.TensorSpec([], self.compute_dtype)]
+        return compiled_function(self, (key, self.input_dim, self.compute_dtype), lambda: (
+            tf.function(lambda x, s: fn(model(), x, s), input_signature=spec,
+                        reduce_retracing=True)))
 
     def _run_batched(self, key, fn, x, noise_std, batch_size):
         x = self._check_query(x)
-        sigma = self._resolve_noise_std(noise_std)
+        sigma = self.resolve_noise_std(noise_std)
         compiled = self._compiled_fn(key, fn)
         batch_size = check_positive(batch_size, "batch_size", integer=True)
         sigma_t = tf.constant(sigma, self.compute_dtype)
@@ -200,24 +247,21 @@ class EnergyModel(DSMModel):
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs, axis=0)
 
-    def _resolve_noise_std(self, noise_std):
-        raise NotImplementedError
-
     def log_density(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
         """Un-normalized log-density f(x): [n, d] → [n] (NumPy, validated, batched)."""
         return self._run_batched(
-            "log_density", lambda x, s: self._energy(x, self._sigma_column(x, s)), x,
+            "log_density", lambda m, x, s: m._energy(x, m._sigma_column(x, s)), x,
             noise_std, batch_size)
 
     def score(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
         """Score ∇ₓf(x): [n, d] → [n, d] (NumPy, validated, batched)."""
-        return self._run_batched("score", lambda x, s: self.score_tensor(x, s), x, noise_std,
+        return self._run_batched("score", lambda m, x, s: m.score_tensor(x, s), x, noise_std,
                                  batch_size)
 
     def denoise(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
         """Tweedie denoiser D(x) = x + σ²∇ₓf(x): [n, d] → [n, d] (NumPy, validated, batched)."""
-        def fn(x, s):
-            return x + tf.square(s) * self.score_tensor(x, s)
+        def fn(m, x, s):
+            return x + tf.square(s) * m.score_tensor(x, s)
         return self._run_batched("denoise", fn, x, noise_std, batch_size)
 
     # ----------------------------------------------------------------------- normalization
@@ -239,7 +283,7 @@ class EnergyModel(DSMModel):
                 "are far too large, e.g. for data far from unit scale, and in float32 they "
                 "would lose the precision of log-densities. Standardize the data and "
                 "retrain; the estimate is not stored.")
-        sigma = self._resolve_noise_std(noise_std)
+        sigma = self.resolve_noise_std(noise_std)
         self.log_z.assign(float(log_z))
         self.log_z_stderr.assign(float(stderr))
         self.log_z_ess.assign(float(ess))
@@ -250,7 +294,7 @@ class EnergyModel(DSMModel):
         σ of a NoiseConditionalDDE; None: the stored one). Raises ValueError when log Ẑ was
         estimated at another σ (for a DenoisingDensityEstimator: when its σ changed since)."""
         stored = float(self.log_z_noise_std.numpy())
-        sigma = self._resolve_noise_std(noise_std)
+        sigma = self.resolve_noise_std(noise_std)
         if np.isfinite(stored) and not math.isclose(sigma, stored, rel_tol=1e-5):
             raise ValueError(
                 f"log Ẑ of this {type(self).__name__} was estimated at noise_std = "
@@ -273,9 +317,7 @@ class EnergyModel(DSMModel):
         Afterwards `log_prob(x) = f(x) − log Ẑ`; log Ẑ, its standard error and the ESS are
         saved with the model. Returns the `dde.partition.LogPartitionResult`.
         """
-        from dde.partition import estimate_model_log_partition
-
-        result = estimate_model_log_partition(
+        result = partition.estimate_model_log_partition(
             self, x_train, method=method, proposal=proposal, num_samples=num_samples,
             batch_size=batch_size, seed=seed, **options)
         self.set_log_partition(result.log_z, result.stderr, result.ess,
@@ -292,7 +334,7 @@ class EnergyModel(DSMModel):
                 f"This {type(self).__name__} is not normalized: call "
                 "model.normalize(x_train, ...) (or set_log_partition) before log_prob.")
         sigma = self.normalized_noise_std(noise_std)
-        f = EnergyModel.log_density(self, x, noise_std=sigma, batch_size=batch_size)
+        f = self.log_density(x, noise_std=sigma, batch_size=batch_size)
         return f.astype(np.float64) - float(self.log_z.numpy())
 
     # ---------------------------------------------------------------------- serialization
@@ -319,10 +361,11 @@ class EnergyModel(DSMModel):
         """Draw n samples from exp f by Langevin dynamics (n independent chains).
 
         method: "ula" (unadjusted), "mala" (Metropolis-adjusted, step size adapted during
-        burn-in) or "annealed" (NoiseConditionalDDE only; over `noise_levels(num_levels)`).
-        init: starting points [n, d] (or [1, d]); default draws from N(data_mean, data_cov)
-        stored by `fit` (annealed: covariance + σ₁²I), a standard normal (with a warning) if
-        the model was not fit. num_steps: Langevin steps per chain (default 1000; MALA adds
+        burn-in) or "annealed" (NoiseConditionalDDE only; over `noise_levels(num_levels)`,
+        then `refine_steps=200` MALA steps at σ_min) — the names of `dde.sampling.SAMPLERS`.
+        init: starting points [n, d] (or [1, d]); default draws from `default_proposal()`,
+        N(data_mean, data_cov) of the data `fit` saw (annealed: convolved with N(0, σ₁²I)),
+        a standard normal (with a warning) if the model was not fit. num_steps: Langevin steps per chain (default 1000; MALA adds
         num_burnin_steps = num_steps // 2; annealed: steps_per_level = num_steps //
         num_levels). step_size h (x ← x + h∇f + sqrt(2h)ξ): default
         `dde.sampling.default_step_size` — 0.1σ² (ULA), σ² adapted (MALA), 0.05σ_L²
@@ -334,9 +377,7 @@ class EnergyModel(DSMModel):
         [num_steps // thin, n_ok, d]); with return_results, the `SamplerResults` namedtuple
         (samples, trajectory, acceptance_rate, num_diverged, step_size).
         """
-        from dde.sampling import sample_model
-
-        return sample_model(self, n, method=method, init=init, num_steps=num_steps,
+        return sampling.sample_model(self, n, method=method, init=init, num_steps=num_steps,
                             step_size=step_size, seed=seed, progress=progress,
                             return_trajectory=return_trajectory,
                             return_results=return_results, **sampler_options)
@@ -382,26 +423,19 @@ class DenoisingDensityEstimator(EnergyModel):
     def _default_sigma(self, x):
         return tf.fill([tf.shape(x)[0], 1], tf.cast(self.noise_std, x.dtype))
 
-    def _resolve_noise_std(self, noise_std):
+    def resolve_noise_std(self, noise_std=None) -> float:
+        """The model's σ (the one in force). A DDE has a single noise level: a `noise_std`
+        other than it is a ValueError (a NoiseConditionalDDE models a range of σ)."""
+        sigma = float(self.noise_std.numpy())
         if noise_std is None:
-            return float(self.noise_std.numpy())
-        return check_positive(noise_std, "noise_std")
-
-    def log_density(self, x, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
-        """Un-normalized log-density f(x): [n, d] → [n] (NumPy, validated, batched)."""
-        return super().log_density(x, batch_size=batch_size)
-
-    def score(self, x, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
-        """Score ∇ₓf(x): [n, d] → [n, d] (NumPy, validated, batched)."""
-        return super().score(x, batch_size=batch_size)
-
-    def denoise(self, x, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
-        """Tweedie denoiser D(x) = x + σ²∇ₓf(x) with the σ in force: [n, d] → [n, d]."""
-        return super().denoise(x, batch_size=batch_size)
-
-    def log_prob(self, x, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
-        """Normalized log-density `f(x) − log Ẑ`: [n, d] → [n] float64. Needs `normalize`."""
-        return super().log_prob(x, batch_size=batch_size)
+            return sigma
+        check_positive(noise_std, "noise_std")
+        if not math.isclose(float(noise_std), sigma, rel_tol=1e-5):
+            raise ValueError(
+                f"This DenoisingDensityEstimator has a single noise level σ = {sigma:.6g}; "
+                f"noise_std = {float(noise_std):.6g} selects another. Pass noise_std=None, "
+                "or use a NoiseConditionalDDE for a range of noise levels.")
+        return sigma
 
     def _logs(self):
         return {"loss": self.loss_tracker.result(), "noise_std": self.noise_std.value}
@@ -453,10 +487,12 @@ class NoiseConditionalDDE(EnergyModel):
     def _default_sigma(self, x):
         return tf.fill([tf.shape(x)[0], 1], tf.constant(self.sigma_min, x.dtype))
 
-    def _resolve_noise_std(self, noise_std):
+    def resolve_noise_std(self, noise_std=None) -> float:
+        """`noise_std` (any σ > 0; the trained range is [sigma_min, sigma_max]), or
+        sigma_min when None."""
         if noise_std is None:
             return self.sigma_min
-        return check_positive(noise_std, "noise_std")
+        return float(check_positive(noise_std, "noise_std"))
 
     def normalized_noise_std(self, noise_std=None) -> float:
         """As `EnergyModel.normalized_noise_std`; without `noise_std`, the σ log Ẑ was

@@ -23,15 +23,22 @@ proposals as TFP's kernel with `step_size=2*h` (the test suite checks this).
 
 Usage: a sampler holds only its hyper-parameters (`get_config`); the target is passed at call
 time, `results = LangevinSampler(step_size=1e-3, num_steps=500)(model, x0, seed=0)`. Targets:
-an `EnergyModel` (a DDE: `f` and `∇f` at its σ), a `LogDensity` wrapper of tensor functions
+an energy model (`dde.protocols.EnergyModelLike`, e.g. a DDE: `f` and `∇f` at its σ), a
+`LogDensity` wrapper of tensor functions
 (`log_prob_fn(x) → [batch]`, optional exact `score_fn(x) → [batch, d]`), or any callable
 `log_prob_fn`. The annealed sampler takes a `NoiseConditionalDDE`, a list of DDEs trained at
 decreasing σ, or `score_fn(x, sigma)`.
 
-The loop runs in one `tf.function` (`tf.while_loop`), traced once per target, dimension, dtype
-and output structure: chain count, step size, step counts and seed are tensor arguments, so
-calling again with other values does not retrace. Calls are eager (post-processing is NumPy).
+The samplers are drivers over the transition kernels of `dde.mcmc` (ULA and MALA there,
+written once, with the one step-size adaptation). The loop runs in one `tf.function`
+(`tf.while_loop`), traced once per target, dimension, dtype and output structure (cached by
+`dde._cache`): chain count, step size, step counts and seed are tensor arguments, so calling
+again with other values does not retrace. Calls are eager (post-processing is NumPy).
 Randomness is stateless: the same seed gives the same samples.
+
+`model.sample(method=...)` takes its samplers from the registry `SAMPLERS` (name →
+`SamplerRecipe`), which also gives `dde sample --method` its choices: a new sampler is one
+class plus one registry line.
 
 Results (`SamplerResults`, NumPy): `samples` [n_ok, d], the final states of the chains that
 stayed finite; `trajectory` [num_steps // thin, n_ok, d] (state after steps thin, 2·thin, …;
@@ -44,17 +51,20 @@ from __future__ import annotations
 
 import collections
 import warnings
-import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from dde._validation import check_data, check_positive, stateless_seed_pair
+import dde.mcmc as mcmc
+from dde._cache import cached_functions, compiled_function, weak
+from dde._registry import Registry
+from dde._validation import check_data, check_positive, sanitize_seed
+from dde.protocols import EnergyModelLike, NoiseConditionalLike, input_dim_of
 
 SamplerResults = collections.namedtuple(
     "SamplerResults", ["samples", "trajectory", "acceptance_rate", "num_diverged",
-                       "step_size"])
+                       "step_size", "diagnostics"], defaults=(None,))
 SamplerResults.__doc__ = """Output of a Langevin sampler (NumPy arrays).
 
 samples: [n_ok, d] final states of the chains that stayed finite.
@@ -62,9 +72,11 @@ trajectory: [num_steps // thin, n_ok, d] saved states (after steps thin, 2·thin
 acceptance_rate: fraction of accepted MALA proposals after burn-in (None for ULA / annealed).
 num_diverged: number of chains dropped because their state became NaN or infinite.
 step_size: the step size h (MALA: after adaptation; annealed: at the smallest noise level).
+diagnostics: a dict of further details (annealed with refinement: the MALA step size), or None.
 """
 
-METHODS = ("ula", "mala", "annealed")
+#: The salt of the samplers' seed stream (see `dde._validation.sanitize_seed`).
+SEED_SALT = 0x5EED
 
 
 # ------------------------------------------------------------------------------- targets
@@ -102,7 +114,7 @@ class _Target:
     per target object, and the cache must not keep models alive)."""
 
     def __init__(self, objects, input_dim, dtype, name, has_log_prob, log_prob_and_score=None,
-                 score_at_level=None, noise_levels=None):
+                 score_at_level=None, noise_levels=None, log_prob_at_level=None):
         self.objects = objects
         self.input_dim = input_dim
         self.dtype = tf.as_dtype(dtype)
@@ -111,38 +123,17 @@ class _Target:
         self.log_prob_and_score = log_prob_and_score  # x → (f [b], ∇f [b, d])
         self.score_at_level = score_at_level  # (x, level index, sigma) → [b, d]
         self.noise_levels = noise_levels  # default noise levels (annealed), or None
+        # (x, level index, sigma) → (f [b], ∇f [b, d]) of an annealed target with a density
+        self.log_prob_at_level = log_prob_at_level
 
     def ensure_built(self, d):
         for obj in self.objects:
-            if isinstance(obj, keras.Model) and hasattr(obj, "_ensure_built"):
-                obj._ensure_built(d)
-
-
-def _weak(obj):
-    """A zero-argument callable returning obj (weakly held when possible)."""
-    try:
-        ref = weakref.ref(obj)
-    except TypeError:
-        return lambda: obj
-    return ref
-
-
-def _energy_model_class():
-    from dde.models import EnergyModel, NoiseConditionalDDE
-    return EnergyModel, NoiseConditionalDDE
+            if isinstance(obj, EnergyModelLike):
+                obj.ensure_built(d)
 
 
 def _model_dim(model):
-    return getattr(model, "input_dim", None) if model.built else None
-
-
-def _flat_log_prob(f):
-    f = tf.convert_to_tensor(f)
-    if f.shape.rank == 2 and f.shape[-1] == 1:
-        return f[:, 0]
-    if f.shape.rank != 1:
-        raise ValueError(f"log_prob_fn must return shape [batch] or [batch, 1]; got {f.shape}.")
-    return f
+    return input_dim_of(model) if getattr(model, "built", False) else None
 
 
 def _check_score_shape(g, x):
@@ -154,21 +145,15 @@ def _check_score_shape(g, x):
 
 def _autodiff(log_prob_fn):
     def log_prob_and_score(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            f = _flat_log_prob(log_prob_fn(x))
-        g = tape.gradient(f, x)
-        if g is None:
-            raise ValueError("log_prob_fn does not depend on x: its gradient is None.")
-        return tf.cast(f, x.dtype), g
+        ev = mcmc.autodiff_target(log_prob_fn)(x)
+        return ev.log_prob, ev.grad
     return log_prob_and_score
 
 
 def _as_target(obj) -> _Target:
-    """Target of ULA / MALA: an EnergyModel, a LogDensity or a callable log_prob_fn."""
-    EnergyModel, _ = _energy_model_class()
-    get = _weak(obj)
-    if isinstance(obj, EnergyModel):
+    """Target of ULA / MALA: an energy model, a LogDensity or a callable log_prob_fn."""
+    get = weak(obj)
+    if isinstance(obj, EnergyModelLike):
         return _Target([obj], _model_dim(obj), obj.compute_dtype, type(obj).__name__, True,
                        log_prob_and_score=lambda x: get().log_density_and_score(x))
     if isinstance(obj, LogDensity):
@@ -178,7 +163,7 @@ def _as_target(obj) -> _Target:
                 return tf.zeros(tf.shape(x)[:1], x.dtype), _check_score_shape(t.score_fn(x), x)
             if t.score_fn is None:
                 return _autodiff(t.log_prob_fn)(x)
-            return (tf.cast(_flat_log_prob(t.log_prob_fn(x)), x.dtype),
+            return (tf.cast(mcmc.flat_log_prob(t.log_prob_fn(x)), x.dtype),
                     _check_score_shape(t.score_fn(x), x))
         return _Target([obj], obj.input_dim, obj.dtype, "the target density",
                        obj.log_prob_fn is not None, log_prob_and_score=lps)
@@ -191,31 +176,32 @@ def _as_target(obj) -> _Target:
         return _Target([obj], dim, dtype, "the target density", True,
                        log_prob_and_score=lambda x: _autodiff(get())(x))
     raise TypeError(
-        f"The target must be an EnergyModel (e.g. a DenoisingDensityEstimator), a LogDensity or "
-        f"a callable log_prob_fn(x); got {type(obj).__name__}.")
+        f"The target must be an energy model (e.g. a DenoisingDensityEstimator), a LogDensity "
+        f"or a callable log_prob_fn(x); got {type(obj).__name__}.")
 
 
 def _as_noise_target(obj) -> _Target:
     """Target of annealed Langevin: a NoiseConditionalDDE, a list of DDEs (decreasing σ) or a
     callable score_fn(x, sigma)."""
-    EnergyModel, NoiseConditionalDDE = _energy_model_class()
-    if isinstance(obj, NoiseConditionalDDE):
-        get = _weak(obj)
+    if isinstance(obj, NoiseConditionalLike):
+        get = weak(obj)
+
+        def log_prob_and_score(x, level, sigma):
+            return get().log_density_and_score(x, noise_std=sigma)
 
         def score(x, level, sigma):
-            return get().log_density_and_score(x, noise_std=sigma)[1]
+            return log_prob_and_score(x, level, sigma)[1]
         return _Target([obj], _model_dim(obj), obj.compute_dtype, "NoiseConditionalDDE", False,
-                       score_at_level=score)
+                       score_at_level=score, log_prob_at_level=log_prob_and_score)
     if isinstance(obj, (list, tuple)):
         models = list(obj)
         if not models:
             raise ValueError("The list of models is empty.")
         for m in models:
-            if not isinstance(m, EnergyModel) or not hasattr(m, "noise_std") or isinstance(
-                    m, NoiseConditionalDDE):
+            if not isinstance(m, EnergyModelLike) or isinstance(m, NoiseConditionalLike):
                 raise TypeError("A list target must hold DenoisingDensityEstimators (one per "
                                 f"noise level); got {type(m).__name__}.")
-        sigmas = np.array([float(m.noise_std.numpy()) for m in models])
+        sigmas = np.array([m.resolve_noise_std(None) for m in models])
         if len(models) > 1 and not np.all(np.diff(sigmas) < 0):
             raise ValueError(f"The models must be ordered by strictly decreasing noise_std "
                              f"(σ₁ > … > σ_L); got {sigmas.tolist()}.")
@@ -225,20 +211,24 @@ def _as_noise_target(obj) -> _Target:
         dtypes = {m.compute_dtype for m in models}
         if len(dtypes) > 1:
             raise TypeError(f"The models have different dtypes {sorted(dtypes)}.")
-        getters = [_weak(m) for m in models]
+        getters = [weak(m) for m in models]
+
+        def log_prob_and_score(x, level, sigma):
+            branches = [(lambda g=g: g().log_density_and_score(x)) for g in getters]
+            return tf.switch_case(level, branches)
 
         def score(x, level, sigma):
-            branches = [(lambda g=g: g().score_tensor(x)) for g in getters]
-            return tf.switch_case(level, branches)
+            return log_prob_and_score(x, level, sigma)[1]
         return _Target(models, dims.pop() if dims else None, models[0].compute_dtype,
-                       "the models", False, score_at_level=score, noise_levels=sigmas)
-    if isinstance(obj, EnergyModel):
+                       "the models", False, score_at_level=score, noise_levels=sigmas,
+                       log_prob_at_level=log_prob_and_score)
+    if isinstance(obj, EnergyModelLike):
         raise TypeError(
             f"Annealed Langevin needs the score at every noise level: pass a "
             f"NoiseConditionalDDE, a list of DDEs ordered by decreasing noise_std, or "
             f"score_fn(x, sigma); got a single {type(obj).__name__}.")
     if callable(obj):
-        get = _weak(obj)
+        get = weak(obj)
 
         def score(x, level, sigma):
             return _check_score_shape(get()(x, sigma), x)
@@ -249,52 +239,26 @@ def _as_noise_target(obj) -> _Target:
 
 
 # --------------------------------------------------------------------- compiled-loop cache
-# Per target object (weak key): {structural key: (weak refs of the other objects, fn, holder)}.
-_COMPILED = weakref.WeakKeyDictionary()
-
-
 def _cached_function(target: _Target, key, build):
-    """The compiled loop for `target` and `key`, built by `build()` → (fn, holder) if absent.
-
-    Objects that cannot be weakly referenced (or die at once, like bound methods) are not
-    cached: their loop is traced on every call.
-    """
-    first, others = target.objects[0], target.objects[1:]
-    key = (key, tuple(id(o) for o in others))
-    try:
-        per_object = _COMPILED.setdefault(first, {})
-    except TypeError:
-        return build()
-    entry = per_object.get(key)
-    if entry is not None and all(r() is o for r, o in zip(entry[0], others)):
-        return entry[1], entry[2]
-    fn, holder = build()
-    try:
-        refs = tuple(weakref.ref(o) for o in others)
-    except TypeError:
-        return fn, holder
-    per_object[key] = (refs, fn, holder)
-    return fn, holder
+    """The compiled loop for `target` and `key` (cached per target object: `dde._cache`),
+    built by `build()` → (fn, holder) if absent."""
+    return compiled_function(target.objects[0], key, build, companions=target.objects[1:])
 
 
 def _tracing_count(sampler, target, d, record=False, progress=False) -> int:
     """Number of traces of the compiled loop of `sampler` for `target` (for tests)."""
     t = sampler._resolve(target)
-    per_object = _COMPILED.get(t.objects[0], {})
-    key = (sampler._structure_key(t, d, record, progress),
-           tuple(id(o) for o in t.objects[1:]))
-    entry = per_object.get(key)
-    return 0 if entry is None else entry[1].experimental_get_tracing_count()
+    key = sampler._structure_key(t, d, record, progress)
+    entry = cached_functions(t.objects[0]).get(key)
+    return 0 if entry is None else entry[0].experimental_get_tracing_count()
 
 
 # ---------------------------------------------------------------------------- the loops
-def _step_seeds(seed, step, n):
-    s = tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
-    return tf.unstack(tf.random.experimental.stateless_split(s, n))
+def _step_seed(seed, step):
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(step, tf.int64))
 
 
-def _all_finite(x):
-    return tf.reduce_all(tf.math.is_finite(x), axis=-1)
+_all_finite = mcmc.all_finite
 
 
 def _run_loop(step_fn, state, start, num_steps, *, record, thin, num_saved, progress):
@@ -347,6 +311,45 @@ def _make_progress(holder, total_steps, every):
         return tf.cond(due, lambda: tf.py_function(update, [i], tf.int32),
                        lambda: tf.constant(0, tf.int32))
     return hook
+
+
+def _mala_chain(log_prob_and_score, x0, seed, h0, num_burnin, num_steps, *, adapt,
+                target_accept, record, thin, hook, start=0):
+    """MALA from x0: `num_burnin` steps (h adapted by dual averaging towards
+    `target_accept` when `adapt`), then `num_steps` kept steps at the final h. Step seeds
+    count from `start` (so that phases of one run draw distinct noise); the trajectory holds
+    every thin-th kept state. Returns (x, kernel results, diverged, accepted counts [chains],
+    h, trajectory or None)."""
+    kernel = mcmc.LangevinKernel(mcmc.score_target(log_prob_and_score), h0, metropolize=True)
+    results = kernel.bootstrap_results(x0)
+    diverged0 = ~(_all_finite(x0) & tf.math.is_finite(results.target_log_prob)
+                  & _all_finite(results.grad))
+    burnin = (mcmc.StepSizeAdaptation(kernel, target_accept, rule="dual_averaging")
+              if adapt else kernel)
+
+    def burn_step(i, state):
+        x, results, diverged = state
+        x, results = burnin.one_step(x, results, _step_seed(seed, i))
+        return x, results, diverged | ~_all_finite(x)
+
+    state = (x0, burnin.bootstrap_results(x0) if adapt else results, diverged0)
+    (x, results, diverged), _ = _run_loop(burn_step, state, start, num_burnin, record=False,
+                                          thin=thin, num_saved=0, progress=hook)
+    h = burnin.averaged_step_size(results) if adapt else h0
+    h = tf.where(num_burnin > 0, h, h0)
+    results = mcmc.inner_results(results)._replace(step_size=h)
+
+    def main_step(i, state):
+        x, results, diverged, n_acc = state
+        x, results = kernel.one_step(x, results, _step_seed(seed, i))
+        return (x, results, diverged | ~_all_finite(x),
+                n_acc + tf.cast(results.is_accepted, tf.int32))
+
+    state = (x, results, diverged, tf.zeros(tf.shape(x0)[:1], tf.int32))
+    (x, results, diverged, n_acc), traj = _run_loop(
+        main_step, state, start + num_burnin, num_steps, record=record, thin=thin,
+        num_saved=num_steps // thin, progress=hook)
+    return x, results, diverged, n_acc, h, traj
 
 
 # ------------------------------------------------------------------------------ layers
@@ -402,7 +405,7 @@ class _LangevinBase(keras.layers.Layer):
 
     @staticmethod
     def _seed(seed):
-        return tf.constant(stateless_seed_pair(seed, salt=0x5EED), tf.int64)
+        return tf.constant(sanitize_seed(seed, SEED_SALT), tf.int64)
 
     def _compiled(self, target, d, record, progress, build_body):
         """(tf.function, progress holder) for this structure, from the cache or built by
@@ -414,6 +417,14 @@ class _LangevinBase(keras.layers.Layer):
             fn = build_body(target, d, record, holder if progress else None)
             return fn, holder
         return _cached_function(target, key, build)
+
+    def _prepare(self, target, initial_state, num_steps, record, progress):
+        """(resolved target, validated x0, compiled loop, progress holder) of a call."""
+        t = self._resolve(target)
+        x0 = self._initial_state(t, initial_state)
+        self._num_saved(num_steps, record)
+        fn, holder = self._compiled(t, x0.shape[1], record, progress, self._build)
+        return t, x0, fn, holder
 
     def _num_saved(self, num_steps, record):
         if not record:
@@ -433,7 +444,7 @@ class _LangevinBase(keras.layers.Layer):
         finally:
             holder.pop("bar", None)
 
-    def _finish(self, x, diverged, trajectory, acceptance_rate, step_size):
+    def _finish(self, x, diverged, trajectory, acceptance_rate, step_size, diagnostics=None):
         x = x.numpy()
         diverged = diverged.numpy() | ~np.isfinite(x).all(axis=1)
         n_bad = int(diverged.sum())
@@ -452,7 +463,8 @@ class _LangevinBase(keras.layers.Layer):
             if trajectory is not None:
                 trajectory = trajectory[:, ~diverged]
         return SamplerResults(samples=x, trajectory=trajectory, acceptance_rate=acceptance_rate,
-                              num_diverged=n_bad, step_size=float(step_size))
+                              num_diverged=n_bad, step_size=float(step_size),
+                              diagnostics=diagnostics)
 
     def _dtype_scalar(self, value, target):
         return tf.constant(value, target.dtype)
@@ -496,27 +508,23 @@ class LangevinSampler(_LangevinBase):
         def run(x0, seed, h, num_steps, thin):
             hook = None if holder is None else _make_progress(holder, num_steps,
                                                               tf.maximum(num_steps // 100, 1))
-            noise_scale = tf.sqrt(2.0 * h)
+            kernel = mcmc.LangevinKernel(mcmc.score_target(log_prob_and_score), h)
 
             def step(i, state):
-                x, diverged = state
-                (s,) = _step_seeds(seed, i, 1)
-                g = log_prob_and_score(x)[1]
-                x = x + h * g + noise_scale * tf.random.stateless_normal(tf.shape(x), s,
-                                                                         dtype=x.dtype)
-                return x, diverged | ~_all_finite(x)
+                x, results, diverged = state
+                x, results = kernel.one_step(x, results, _step_seed(seed, i))
+                return x, results, diverged | ~_all_finite(x)
 
-            init = (x0, tf.zeros(tf.shape(x0)[:1], tf.bool))
-            (x, diverged), traj = _run_loop(step, init, 0, num_steps, record=record, thin=thin,
-                                            num_saved=num_steps // thin, progress=hook)
+            init = (x0, kernel.bootstrap_results(x0), tf.zeros(tf.shape(x0)[:1], tf.bool))
+            (x, _, diverged), traj = _run_loop(step, init, 0, num_steps, record=record,
+                                               thin=thin, num_saved=num_steps // thin,
+                                               progress=hook)
             return x, diverged, traj
         return _compile(run, spec, self.jit_compile and holder is None)
 
     def call(self, target, initial_state, seed=None, return_trajectory=False, progress=False):
-        t = self._resolve(target)
-        x0 = self._initial_state(t, initial_state)
-        self._num_saved(self.num_steps, return_trajectory)
-        fn, holder = self._compiled(t, x0.shape[1], return_trajectory, progress, self._build)
+        t, x0, fn, holder = self._prepare(target, initial_state, self.num_steps,
+                                          return_trajectory, progress)
         x, diverged, traj = self._run_with_progress(
             fn, holder, self.num_steps, progress, tf.constant(x0), self._seed(seed),
             self._dtype_scalar(self.step_size, t), tf.constant(self.num_steps, tf.int32),
@@ -592,77 +600,19 @@ class MALASampler(_LangevinBase):
                 tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
                 tf.TensorSpec([], target.dtype)]
 
-        def mala_step(i, x, f, g, h, seed):
-            """One MALA transition; returns (x, f, g, accepted [chains], accept prob)."""
-            s_noise, s_u = _step_seeds(seed, i, 2)
-            xi = tf.random.stateless_normal(tf.shape(x), s_noise, dtype=x.dtype)
-            y = x + h * g + tf.sqrt(2.0 * h) * xi
-            fy, gy = log_prob_and_score(y)
-            forward = 0.5 * tf.reduce_sum(tf.square(xi), -1)  # ‖y − x − h∇f(x)‖²/(4h)
-            backward = tf.reduce_sum(tf.square(x - y - h * gy), -1) / (4.0 * h)
-            log_alpha = fy - f - backward + forward
-            ok = _all_finite(y) & _all_finite(gy) & tf.math.is_finite(fy) & ~tf.math.is_nan(
-                log_alpha)
-            log_alpha = tf.where(ok, log_alpha, tf.constant(-np.inf, x.dtype))
-            log_u = tf.math.log(tf.random.stateless_uniform(tf.shape(f), s_u, dtype=x.dtype))
-            accept = log_u < log_alpha
-            x = tf.where(accept[:, None], y, x)
-            f = tf.where(accept, fy, f)
-            g = tf.where(accept[:, None], gy, g)
-            prob = tf.exp(tf.minimum(log_alpha, 0.0))
-            return x, f, g, accept, prob
-
         def run(x0, seed, h0, num_burnin, num_steps, thin, target_accept):
             total = num_burnin + num_steps
             hook = None if holder is None else _make_progress(holder, total,
                                                               tf.maximum(total // 100, 1))
-            f0, g0 = log_prob_and_score(x0)
-            diverged0 = ~(_all_finite(x0) & tf.math.is_finite(f0) & _all_finite(g0))
-            log_h0 = tf.math.log(h0)
-
-            # Burn-in with dual averaging (Hoffman & Gelman 2014, Alg. 5; TFP's defaults).
-            gamma, t0, kappa = 0.05, 10.0, 0.75
-            mu = tf.math.log(10.0 * h0)
-
-            def burn_step(i, state):
-                x, f, g, diverged, log_h, log_h_bar, h_bar = state
-                x, f, g, _, prob = mala_step(i, x, f, g, tf.exp(log_h), seed)
-                diverged = diverged | ~_all_finite(x)
-                if adapt:
-                    t = tf.cast(i + 1, x.dtype)
-                    mean_prob = tf.reduce_mean(tf.where(diverged, tf.zeros_like(prob), prob))
-                    w = 1.0 / (t + t0)
-                    h_bar = (1.0 - w) * h_bar + w * (target_accept - mean_prob)
-                    log_h = mu - tf.sqrt(t) / gamma * h_bar
-                    eta = t ** (-kappa)
-                    log_h_bar = eta * log_h + (1.0 - eta) * log_h_bar
-                return x, f, g, diverged, log_h, log_h_bar, h_bar
-
-            zero = tf.zeros([], x0.dtype)
-            state = (x0, f0, g0, diverged0, log_h0, log_h0, zero)
-            state, _ = _run_loop(burn_step, state, 0, num_burnin, record=False, thin=thin,
-                                 num_saved=0, progress=hook)
-            x, f, g, diverged, log_h, log_h_bar, _ = state
-            h = tf.exp(log_h_bar) if adapt else h0
-            h = tf.where(num_burnin > 0, h, h0)
-
-            def main_step(i, state):
-                x, f, g, diverged, n_acc = state
-                x, f, g, accept, _ = mala_step(i, x, f, g, h, seed)
-                return x, f, g, diverged | ~_all_finite(x), n_acc + tf.cast(accept, tf.int32)
-
-            state = (x, f, g, diverged, tf.zeros(tf.shape(x0)[:1], tf.int32))
-            (x, f, g, diverged, n_acc), traj = _run_loop(
-                main_step, state, num_burnin, num_steps, record=record, thin=thin,
-                num_saved=num_steps // thin, progress=hook)
+            x, _, diverged, n_acc, h, traj = _mala_chain(
+                log_prob_and_score, x0, seed, h0, num_burnin, num_steps, adapt=adapt,
+                target_accept=target_accept, record=record, thin=thin, hook=hook)
             return x, diverged, n_acc, h, traj
         return _compile(run, spec, self.jit_compile and holder is None)
 
     def call(self, target, initial_state, seed=None, return_trajectory=False, progress=False):
-        t = self._resolve(target)
-        x0 = self._initial_state(t, initial_state)
-        self._num_saved(self.num_steps, return_trajectory)
-        fn, holder = self._compiled(t, x0.shape[1], return_trajectory, progress, self._build)
+        t, x0, fn, holder = self._prepare(target, initial_state, self.num_steps,
+                                          return_trajectory, progress)
         x, diverged, n_acc, h, traj = self._run_with_progress(
             fn, holder, self.num_burnin_steps + self.num_steps, progress, tf.constant(x0),
             self._seed(seed), self._dtype_scalar(self.step_size, t),
@@ -688,8 +638,14 @@ class AnnealedLangevinSampler(_LangevinBase):
     (`model.noise_levels(L)`, geometric from sigma_max to sigma_min). noise_levels: explicit
     decreasing levels (required for a score_fn target; must match a list of DDEs, whose levels
     are their noise_std otherwise). denoise: finish with the Tweedie step x + σ_L² s(x, σ_L).
+    refine_steps: after the last level, this many MALA steps on f(·, σ_L) (half burn-in with
+    dual-averaged step size towards `refine_target_accept`, half kept), for targets with a
+    log-density (a NoiseConditionalDDE or a list of DDEs). ULA with h_i ∝ σ_i² hardly moves
+    at the smallest levels (relaxation time ~ s²/h_i for modes of width s ≫ σ_L), so the
+    chains keep the spread of an earlier level; annealing sets the mode weights, the
+    Metropolis-adjusted refinement then relaxes each mode exactly. 0: none.
     thin, on_divergence, jit_compile: as for `LangevinSampler`; the trajectory has
-    L·K // thin entries.
+    (L·K + refine_steps // 2) // thin entries.
 
     `sampler(target, initial_state [chains, d], seed=None, return_trajectory=False,
     progress=False)` → `SamplerResults`; target: a NoiseConditionalDDE, a list of DDEs or a
@@ -699,7 +655,8 @@ class AnnealedLangevinSampler(_LangevinBase):
     _kind = "annealed"
 
     def __init__(self, step_size: float | None = None, steps_per_level: int = 100,
-                 num_levels: int = 10, noise_levels=None, denoise: bool = False, thin: int = 1,
+                 num_levels: int = 10, noise_levels=None, denoise: bool = False,
+                 refine_steps: int = 0, refine_target_accept: float = 0.574, thin: int = 1,
                  on_divergence: str = "warn", jit_compile: bool = False, **kwargs):
         super().__init__(step_size, thin=thin, on_divergence=on_divergence,
                          jit_compile=jit_compile, **kwargs)
@@ -718,23 +675,35 @@ class AnnealedLangevinSampler(_LangevinBase):
         if not isinstance(denoise, bool):
             raise TypeError(f"denoise must be a bool, got {denoise!r}.")
         self.denoise = denoise
+        self.refine_steps = int(check_positive(refine_steps, "refine_steps", integer=True,
+                                               allow_zero=True))
+        if not 0 < refine_target_accept < 1:
+            raise ValueError(f"refine_target_accept must be in (0, 1), got "
+                             f"{refine_target_accept}.")
+        self.refine_target_accept = float(refine_target_accept)
 
     def get_config(self):
         return {**super().get_config(), "steps_per_level": self.steps_per_level,
                 "num_levels": self.num_levels,
                 "noise_levels": None if self.noise_levels is None else list(self.noise_levels),
-                "denoise": self.denoise}
+                "denoise": self.denoise, "refine_steps": self.refine_steps,
+                "refine_target_accept": self.refine_target_accept}
 
     def _resolve(self, target):
-        return _as_noise_target(target)
+        t = _as_noise_target(target)
+        if self.refine_steps and t.log_prob_at_level is None:
+            raise TypeError("refine_steps needs the log-density at the last level (a "
+                            "NoiseConditionalDDE or a list of DDEs); this target only has a "
+                            "score. Pass refine_steps=0.")
+        return t
 
     def _structure_key(self, target, d, record, progress):
-        return super()._structure_key(target, d, record, progress) + (self.denoise,)
+        return super()._structure_key(target, d, record, progress) + (
+            self.denoise, self.refine_steps > 0)
 
     def levels_for(self, target) -> np.ndarray:
         """The noise levels σ₁ > … > σ_L used for `target` (float64 array)."""
         t = target if isinstance(target, _Target) else self._resolve(target)
-        _, NoiseConditionalDDE = _energy_model_class()
         if t.noise_levels is not None:  # a list of DDEs
             if self.noise_levels is not None and not np.allclose(self.noise_levels,
                                                                  t.noise_levels, rtol=1e-6):
@@ -743,7 +712,7 @@ class AnnealedLangevinSampler(_LangevinBase):
             return np.asarray(t.noise_levels, np.float64)
         if self.noise_levels is not None:
             return np.asarray(self.noise_levels, np.float64)
-        if isinstance(t.objects[0], NoiseConditionalDDE):
+        if isinstance(t.objects[0], NoiseConditionalLike):
             return t.objects[0].noise_levels(self.num_levels)
         raise ValueError("noise_levels are required for a score_fn target.")
 
@@ -752,113 +721,161 @@ class AnnealedLangevinSampler(_LangevinBase):
         return self.step_size if self.step_size is not None else 0.05 * float(levels[-1]) ** 2
 
     def _build(self, target, d, record, holder):
-        denoise = self.denoise
+        denoise, refine = self.denoise, self.refine_steps > 0
         score_at_level = target.score_at_level  # weakly bound (see LangevinSampler)
+        log_prob_at_level = target.log_prob_at_level
         spec = [tf.TensorSpec([None, d], target.dtype), tf.TensorSpec([2], tf.int64),
                 tf.TensorSpec([], target.dtype), tf.TensorSpec([None], target.dtype),
-                tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)]
+                tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32), tf.TensorSpec([], target.dtype)]
 
-        def run(x0, seed, h, levels, steps_per_level, thin):
+        def run(x0, seed, h, levels, steps_per_level, thin, refine_steps, target_accept):
             num_levels = tf.shape(levels)[0]
-            total = num_levels * steps_per_level
+            anneal_total = num_levels * steps_per_level
+            total = anneal_total + refine_steps
             hook = None if holder is None else _make_progress(holder, total,
                                                               tf.maximum(total // 100, 1))
             sigma_last = levels[-1]
 
-            def step(i, state):
-                x, diverged = state
-                level = i // steps_per_level
+            def kernel_at(level):
                 sigma = levels[level]
-                h_i = h * tf.square(sigma / sigma_last)
-                (s,) = _step_seeds(seed, i, 1)
-                g = score_at_level(x, level, sigma)
-                x = x + h_i * g + tf.sqrt(2.0 * h_i) * tf.random.stateless_normal(
-                    tf.shape(x), s, dtype=x.dtype)
-                return x, diverged | ~_all_finite(x)
 
-            init = (x0, tf.zeros(tf.shape(x0)[:1], tf.bool))
-            (x, diverged), traj = _run_loop(step, init, 0, total, record=record, thin=thin,
-                                            num_saved=total // thin, progress=hook)
-            if denoise:
-                x = x + tf.square(sigma_last) * score_at_level(x, num_levels - 1,
-                                                                      sigma_last)
+                def score(x):
+                    return mcmc.Evaluation(tf.zeros(tf.shape(x)[:1], x.dtype),
+                                           score_at_level(x, level, sigma), ())
+                return mcmc.LangevinKernel(score, h * tf.square(sigma / sigma_last))
+
+            def step(i, state):
+                x, results, diverged = state
+                level = i // steps_per_level
+                kernel = kernel_at(level)
+                # A new level: the score (and step size) at the current state, at that level.
+                results = tf.cond(tf.equal(i % steps_per_level, 0) & (i > 0),
+                                  lambda: kernel.bootstrap_results(x), lambda: results)
+                x, results = kernel.one_step(x, results, _step_seed(seed, i))
+                return x, results, diverged | ~_all_finite(x)
+
+            init = (x0, kernel_at(tf.constant(0)).bootstrap_results(x0),
+                    tf.zeros(tf.shape(x0)[:1], tf.bool))
+            (x, results, diverged), traj = _run_loop(step, init, 0, anneal_total,
+                                                     record=record, thin=thin,
+                                                     num_saved=anneal_total // thin,
+                                                     progress=hook)
+            n_acc = tf.zeros(tf.shape(x0)[:1], tf.int32)
+            h_refine = tf.constant(np.nan, x0.dtype)
+            if refine:
+                def last_level(x):
+                    return log_prob_at_level(x, num_levels - 1, sigma_last)
+                num_burnin = refine_steps // 2
+                x, results, div, n_acc, h_refine, traj2 = _mala_chain(
+                    last_level, x, seed, tf.square(sigma_last), num_burnin,
+                    refine_steps - num_burnin, adapt=True, target_accept=target_accept,
+                    record=record, thin=thin, hook=hook, start=anneal_total)
+                diverged = diverged | div
+                if record:
+                    traj = tf.concat([traj, traj2], axis=0)
+            if denoise:  # Tweedie: x + σ_L² s(x, σ_L), the score at the final state
+                x = x + tf.square(sigma_last) * results.grad
                 diverged = diverged | ~_all_finite(x)
-            return x, diverged, traj
+            return x, diverged, traj, n_acc, h_refine
         return _compile(run, spec, self.jit_compile and holder is None)
 
     def call(self, target, initial_state, seed=None, return_trajectory=False, progress=False):
-        t = self._resolve(target)
-        levels = self.levels_for(t)
-        x0 = self._initial_state(t, initial_state)
+        levels = self.levels_for(self._resolve(target))
         total = len(levels) * self.steps_per_level
-        self._num_saved(total, return_trajectory)
+        t, x0, fn, holder = self._prepare(target, initial_state, total, return_trajectory,
+                                          progress)
         h = self.resolved_step_size(levels)
-        fn, holder = self._compiled(t, x0.shape[1], return_trajectory, progress, self._build)
-        x, diverged, traj = self._run_with_progress(
-            fn, holder, total, progress, tf.constant(x0), self._seed(seed),
+        x, diverged, traj, n_acc, h_refine = self._run_with_progress(
+            fn, holder, total + self.refine_steps, progress, tf.constant(x0), self._seed(seed),
             self._dtype_scalar(h, t), tf.constant(levels, t.dtype),
-            tf.constant(self.steps_per_level, tf.int32), tf.constant(self.thin, tf.int32))
-        return self._finish(x, diverged, traj, None, h)
+            tf.constant(self.steps_per_level, tf.int32), tf.constant(self.thin, tf.int32),
+            tf.constant(self.refine_steps, tf.int32),
+            self._dtype_scalar(self.refine_target_accept, t))
+        if not self.refine_steps:
+            return self._finish(x, diverged, traj, None, h)
+        kept = self.refine_steps - self.refine_steps // 2
+        bad = diverged.numpy() | ~np.isfinite(x.numpy()).all(axis=1)
+        n_ok = int((~bad).sum())
+        rate = float(n_acc.numpy()[~bad].sum() / (n_ok * kept)) if n_ok and kept else 0.0
+        return self._finish(x, diverged, traj, rate, h,
+                            diagnostics={"refine_step_size": float(h_refine.numpy())})
 
 
 # ------------------------------------------------------------------------ model.sample
-def default_step_size(model, method: str) -> float:
-    """The default h of `model.sample` for a DDE of noise level σ (NoiseConditionalDDE: σ_min).
+SamplerRecipe = collections.namedtuple("SamplerRecipe", ["build", "default_step_size"])
+SamplerRecipe.__doc__ = """How `model.sample(method=...)` makes a sampler for a model.
 
-    ULA: 0.1·σ². The learned log p_σ has curvature at most 1/σ² (∇²log p_σ ⪰ −I/σ²), so this
-    keeps ULA stable and its variance bias below ~5 % (1/(1 − h/(2s²)) with s ≥ σ).
-    MALA: σ², the starting point of the step-size adaptation. Annealed: 0.05·σ_L².
-    """
-    sigma = _model_sigma(model)
-    return {"ula": 0.1 * sigma**2, "mala": sigma**2, "annealed": 0.05 * sigma**2}[method]
+build(model, num_steps, step_size, **options) → (sampler, start_variance): the sampler layer
+(called as `sampler(model, x0, seed=..., return_trajectory=..., progress=...)` → a
+`SamplerResults`) and the variance added to the Gaussian start of the chains.
+default_step_size(σ) → the step size h for a model of noise level σ.
+"""
+
+#: Samplers of `model.sample` and `dde sample --method`, by name.
+SAMPLERS = Registry("sampling method")
 
 
-def _model_sigma(model) -> float:
-    _, NoiseConditionalDDE = _energy_model_class()
-    if isinstance(model, NoiseConditionalDDE):
-        return float(model.sigma_min)
-    if hasattr(model, "noise_std"):
-        return float(model.noise_std.numpy())
-    raise TypeError(f"Cannot determine the noise level of {type(model).__name__}.")
+def _build_ula(model, num_steps, step_size, **options):
+    return LangevinSampler(step_size=step_size, num_steps=num_steps, **options), 0.0
+
+
+def _build_mala(model, num_steps, step_size, **options):
+    options.setdefault("num_burnin_steps", num_steps // 2)
+    return MALASampler(step_size=step_size, num_steps=num_steps, **options), 0.0
+
+
+def _build_annealed(model, num_steps, step_size, **options):
+    if not isinstance(model, NoiseConditionalLike):
+        raise TypeError(
+            f"method='annealed' needs a NoiseConditionalDDE (a score at every noise level); "
+            f"this is a {type(model).__name__}. Use method='ula' or 'mala'.")
+    num_levels = options.pop("num_levels", 10)
+    levels = options.pop("noise_levels", None)
+    levels = model.noise_levels(num_levels) if levels is None else np.asarray(levels)
+    steps_per_level = options.pop("steps_per_level", max(num_steps // len(levels), 1))
+    options.setdefault("refine_steps", 200)  # the model has a log-density: refine with MALA
+    sampler = AnnealedLangevinSampler(step_size=step_size, steps_per_level=steps_per_level,
+                                      num_levels=len(levels), noise_levels=list(levels),
+                                      **options)
+    return sampler, float(levels[0]) ** 2
+
+
+# ULA: 0.1·σ². The learned log p_σ has curvature at most 1/σ² (∇²log p_σ ⪰ −I/σ²), so this
+# keeps ULA stable and its variance bias below ~5 % (1/(1 − h/(2s²)) with s ≥ σ).
+# MALA: σ², the starting point of the step-size adaptation. Annealed: 0.05·σ_L², at σ_L.
+SAMPLERS.register("ula", SamplerRecipe(_build_ula, lambda sigma: 0.1 * sigma ** 2))
+SAMPLERS.register("mala", SamplerRecipe(_build_mala, lambda sigma: sigma ** 2))
+SAMPLERS.register("annealed", SamplerRecipe(_build_annealed, lambda sigma: None))
+
+
+def default_step_size(model, method: str) -> float | None:
+    """The default h of `model.sample` for a model of noise level σ (its
+    `resolve_noise_std(None)`; NoiseConditionalDDE: σ_min): 0.1·σ² (ULA), σ² (MALA, before
+    adaptation); annealed: None (the sampler's own 0.05·σ_L²)."""
+    return SAMPLERS.lookup(method).default_step_size(float(model.resolve_noise_std(None)))
 
 
 def sample_model(model, n, method="ula", init=None, num_steps=None, step_size=None, seed=None,
                  progress=False, return_trajectory=False, return_results=False,
                  **sampler_kwargs):
-    """Implementation of `EnergyModel.sample` (see there)."""
-    EnergyModel, NoiseConditionalDDE = _energy_model_class()
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    """Implementation of `EnergyModel.sample` (see there): the sampler registered in
+    `SAMPLERS` under `method`, n chains from `init` or from the model's default proposal."""
+    if not isinstance(model, EnergyModelLike):
+        raise TypeError(f"model must be an energy model, got {type(model).__name__}.")
+    if method not in SAMPLERS:
+        raise ValueError(f"method must be one of {SAMPLERS.names()}, got {method!r}.")
+    recipe = SAMPLERS.lookup(method)
     check_positive(n, "n", integer=True)
     if num_steps is not None:
         check_positive(num_steps, "num_steps", integer=True)
     if step_size is not None:
         check_positive(step_size, "step_size")
-    if method == "annealed" and not isinstance(model, NoiseConditionalDDE):
-        raise TypeError(
-            f"method='annealed' needs a NoiseConditionalDDE (a score at every noise level); "
-            f"this is a {type(model).__name__}. Use method='ula' or 'mala'.")
     rng = np.random.default_rng(seed)
-    if method == "annealed":
-        num_levels = sampler_kwargs.pop("num_levels", 10)
-        levels = sampler_kwargs.pop("noise_levels", None)
-        levels = model.noise_levels(num_levels) if levels is None else np.asarray(levels)
-        total = 1000 if num_steps is None else num_steps
-        steps_per_level = sampler_kwargs.pop("steps_per_level", max(total // len(levels), 1))
-        sampler = AnnealedLangevinSampler(step_size=step_size, steps_per_level=steps_per_level,
-                                          num_levels=len(levels), noise_levels=list(levels),
-                                          **sampler_kwargs)
-        init_inflation = float(levels[0]) ** 2
-    else:
-        h = default_step_size(model, method) if step_size is None else step_size
-        steps = 1000 if num_steps is None else num_steps
-        if method == "ula":
-            sampler = LangevinSampler(step_size=h, num_steps=steps, **sampler_kwargs)
-        else:
-            sampler_kwargs.setdefault("num_burnin_steps", steps // 2)
-            sampler = MALASampler(step_size=h, num_steps=steps, **sampler_kwargs)
-        init_inflation = 0.0
-    x0 = _initial_points(model, n, init, rng, init_inflation)
+    h = default_step_size(model, method) if step_size is None else step_size
+    sampler, start_variance = recipe.build(model, 1000 if num_steps is None else num_steps, h,
+                                           **sampler_kwargs)
+    x0 = _initial_points(model, n, init, rng, start_variance)
     results = sampler(model, x0, seed=int(rng.integers(2**31 - 1)),
                       return_trajectory=return_trajectory, progress=progress)
     if return_results:
@@ -869,28 +886,31 @@ def sample_model(model, n, method="ula", init=None, num_steps=None, step_size=No
 
 
 def _initial_points(model, n, init, rng, inflation):
-    """[n, d] starting points: `init` (n rows, or one row repeated), else draws from
-    N(data_mean, data_cov + inflation·I), else N(0, (1 + inflation) I) with a warning."""
+    """[n, d] starting points: `init` (n rows, or one row repeated), else draws from the
+    model's default proposal convolved with N(0, inflation·I), else N(0, (1 + inflation) I)
+    with a warning."""
     dtype = model.compute_dtype
+    d = _model_dim(model)
     if init is not None:
-        x0 = check_data(init, name="init", n_features=model.input_dim if model.built else None,
-                        owner=type(model).__name__, dtype=dtype)
+        x0 = check_data(init, name="init", n_features=d, owner=type(model).__name__,
+                        dtype=dtype)
         if x0.shape[0] == 1:
             x0 = np.repeat(x0, n, axis=0)
         if x0.shape[0] != n:
             raise ValueError(f"init has {x0.shape[0]} rows; expected n = {n} (or 1 row to start "
                              "every chain there).")
         return x0
-    if not model.built:
+    if d is None:
         raise ValueError(f"This {type(model).__name__} has not been fit or built, so its "
                          "input dimension is unknown: fit it first or pass init=.")
-    d = model.input_dim
-    if model.has_data_stats:
-        mean = model.data_mean.numpy()
-        cov = model.data_cov.numpy() + inflation * np.eye(d)
-    else:
+    proposal = model.default_proposal()
+    if proposal is None:
         warnings.warn(f"This {type(model).__name__} holds no training-data statistics (it was "
                       "not trained with fit): chains start from a standard normal.",
                       UserWarning, stacklevel=3)
-        mean, cov = np.zeros(d), (1.0 + inflation) * np.eye(d)
-    return rng.multivariate_normal(mean, cov, size=n, method="eigh").astype(dtype)
+        x0 = rng.standard_normal((n, d)) * np.sqrt(1.0 + inflation)
+    else:
+        seed = tf.constant(rng.integers(2**31 - 1, size=2), tf.int32)
+        x0 = np.asarray(proposal.sample(n, seed=seed), dtype=np.float64)
+        x0 = x0 + np.sqrt(inflation) * rng.standard_normal((n, d))
+    return x0.astype(dtype)

@@ -29,9 +29,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dde._cache import compiled_function, weak
+from dde._tensors import as_column
 from dde._validation import check_data, check_positive
 from dde.nets import score_mlp
-from dde.sde import check_time_interval, check_times, get_sde
+from dde.protocols import NoiseConditionalLike
+from dde.sde import VESDE, check_time_interval, check_times, get_sde
 from dde.training import DSMModel, weighted_mean
 
 _INFERENCE_BATCH = 8192
@@ -125,7 +128,8 @@ class ScoreNetwork(DSMModel):
             self.network.build([(None, self.input_dim), (None, 1)])
         self.built = True
 
-    def _ensure_built(self, input_dim: int):
+    def ensure_built(self, input_dim: int):
+        """Build the model for inputs of `input_dim` features if it is not built yet."""
         if not self.built:
             self.build([(None, input_dim), (None, 1)])
 
@@ -133,10 +137,10 @@ class ScoreNetwork(DSMModel):
     def _condition(self, t):
         """The network's time input c_t: [n] → [n, 1]."""
         if self.condition == "time":
-            return tf.reshape(t, [-1, 1])
+            return as_column(t)
         c = self.sde.log_noise(t)
         lo, hi = self._log_noise_range
-        return tf.reshape((c - tf.cast(lo, c.dtype)) / tf.cast(hi - lo, c.dtype), [-1, 1])
+        return as_column((c - tf.cast(lo, c.dtype)) / tf.cast(hi - lo, c.dtype))
 
     def _raw(self, x, t, training=False):
         """(net([x, c_t]) [n, d], σ_t [n]) with t [n] in x's dtype."""
@@ -205,15 +209,15 @@ class ScoreNetwork(DSMModel):
             raise RuntimeError("This ScoreNetwork has not been built or fitted yet.")
         x = check_data(x, name="x", n_features=self.input_dim if self.built else None,
                        owner="ScoreNetwork", dtype=self.compute_dtype)
-        self._ensure_built(x.shape[1])
+        self.ensure_built(x.shape[1])
         t = check_times(t, self.eps, self.sde.T, n=len(x))
         t = np.broadcast_to(t, (len(x),)).astype(self.compute_dtype)
         check_positive(batch_size, "batch_size", integer=True)
-        if "score" not in self._compiled:
-            spec = [tf.TensorSpec([None, self.input_dim], self.compute_dtype),
-                    tf.TensorSpec([None], self.compute_dtype)]
-            self._compiled["score"] = tf.function(self.score_tensor, input_signature=spec)
-        fn = self._compiled["score"]
+        spec = [tf.TensorSpec([None, self.input_dim], self.compute_dtype),
+                tf.TensorSpec([None], self.compute_dtype)]
+        model = weak(self)
+        fn = compiled_function(self, ("score", self.input_dim, self.compute_dtype), lambda: (
+            tf.function(lambda x, t: model().score_tensor(x, t), input_signature=spec)))
         outs = [fn(tf.constant(x[i:i + batch_size]), tf.constant(t[i:i + batch_size])).numpy()
                 for i in range(0, len(x), batch_size)]
         return np.concatenate(outs, axis=0)
@@ -270,10 +274,7 @@ class DDEScore:
     """
 
     def __init__(self, model, sde=None, eps: float = 1e-5):
-        from dde.models import NoiseConditionalDDE
-        from dde.sde import VESDE
-
-        if not isinstance(model, NoiseConditionalDDE):
+        if not isinstance(model, NoiseConditionalLike):
             raise TypeError(f"model must be a NoiseConditionalDDE, got {type(model).__name__}.")
         self.model = model
         self.sde = VESDE(model.sigma_min, model.sigma_max) if sde is None else get_sde(sde)
@@ -309,7 +310,7 @@ class DDEScore:
         """s(x, t) = (1/α_t)∇f(x/α_t, σ̃_t): x [n, d], t a scalar or [n] → [n, d] (x's dtype)."""
         u, sigma, alpha = self._scaled(x, t)
         _, grad = self.model.log_density_and_score(u, noise_std=sigma)
-        return tf.cast(grad / _col(alpha), x.dtype)
+        return tf.cast(grad / as_column(alpha), x.dtype)
 
     def __call__(self, x, t):
         return self.score_tensor(x, t)
@@ -324,7 +325,7 @@ class DDEScore:
             laplacian = tape.gradient(grad, u)[:, 0]
         else:
             laplacian = tf.linalg.trace(tape.batch_jacobian(grad, u))
-        alpha = _col(alpha)
+        alpha = as_column(alpha)
         return (tf.cast(grad / alpha, x.dtype),
                 tf.cast(laplacian / tf.square(alpha[:, 0]), x.dtype))
 
@@ -359,8 +360,3 @@ class DDEScore:
         config["model"] = keras.saving.deserialize_keras_object(config["model"])
         config["sde"] = keras.saving.deserialize_keras_object(config["sde"])
         return cls(**config)
-
-
-def _col(v):
-    """A scalar or [n] tensor as a column for broadcasting against [n, d]."""
-    return tf.reshape(v, [-1, 1])

@@ -33,18 +33,16 @@ states from T down to T_ε, every `thin` steps / at `num_saved` equally spaced t
 from __future__ import annotations
 
 import collections
-import inspect
 import numbers
-import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 
-from dde._validation import check_data, check_positive, stateless_seed_pair
-from dde.likelihood import ODESolverError, SolveGuard
-from dde.sampling import _weak
+from dde._cache import compiled_function, weak
+from dde._tensors import as_column
+from dde._validation import check_data, check_positive, sanitize_seed
+from dde.ode import GuardedSolver, ODESolverError, ODEStatus
 from dde.score import as_score_fn
 from dde.sde import SDE, check_time_interval
 
@@ -58,11 +56,8 @@ times: [k] the times of the trajectory rows (None without a trajectory).
 num_function_evaluations: number of score evaluations (each on the whole batch).
 """
 
-_COMPILED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _col(v):
-    return tf.reshape(v, [-1, 1])
+#: The salt of the score samplers' seed stream (see `dde._validation.sanitize_seed`).
+SEED_SALT = 0x5C0E
 
 
 class _Target:
@@ -72,9 +67,8 @@ class _Target:
         score_fn = as_score_fn(score)
         # Held weakly: compiled loops capture this target and are cached per owner (a weak
         # key), so a strong reference would keep every model ever sampled from alive.
-        self._score_fn = (weakref.WeakMethod(score_fn) if inspect.ismethod(score_fn)
-                          else _weak(score_fn))
-        self._owner = _weak(getattr(score_fn, "__self__", score))
+        self._score_fn = weak(score_fn)
+        self._owner = weak(getattr(score_fn, "__self__", score))
         sde = getattr(score, "sde", None) if sde is None else sde
         if sde is None:
             raise ValueError("sde is required when the score model does not carry one.")
@@ -125,7 +119,7 @@ class _ScoreSamplerBase(keras.layers.Layer):
 
     @staticmethod
     def _seed(seed):
-        return tf.constant(stateless_seed_pair(seed, salt=0x5C0E), tf.int64)
+        return tf.constant(sanitize_seed(seed, SEED_SALT), tf.int64)
 
     def _initial_state(self, target: _Target, initial_state, seed):
         """x_T [n, d]: given, or `n` prior samples (an int) drawn with the seed's own stream."""
@@ -142,6 +136,15 @@ class _ScoreSamplerBase(keras.layers.Layer):
         return check_data(initial_state, name="initial_state", n_features=target.input_dim,
                           owner="the score model", dtype=target.dtype.as_numpy_dtype)
 
+    def _prepare(self, score_model, initial_state, seed, sde):
+        """(resolved target, seed [2], validated x_T) of a call."""
+        target = _Target(score_model, sde)
+        seed = self._seed(seed)
+        x0 = self._initial_state(target, initial_state, seed)
+        if target.input_dim is None:
+            target.input_dim = x0.shape[1]
+        return target, seed, x0
+
     def _settings(self) -> tuple:
         """The hyper-parameters a compiled loop depends on (hashable)."""
         return tuple((k, v) for k, v in self.get_config().items()
@@ -150,17 +153,8 @@ class _ScoreSamplerBase(keras.layers.Layer):
 
     def _compiled(self, target: _Target, key, build):
         """Cached tf.function for (this sampler's settings, target, key)."""
-        full_key = (self._kind, self._settings(), id(target.sde), key)
-        try:
-            per_owner = _COMPILED.setdefault(target.owner, {})
-        except TypeError:
-            return build()
-        entry = per_owner.get(full_key)
-        if entry is None or entry[0]() is not target.sde:
-            fn = build()
-            per_owner[full_key] = (weakref.ref(target.sde), fn)
-            return fn
-        return entry[1]
+        return compiled_function(target.owner, (self._kind, self._settings(), key), build,
+                                 companions=(target.sde,))
 
 
 @keras.saving.register_keras_serializable(package="dde")
@@ -236,9 +230,9 @@ class ReverseDiffusionSampler(_ScoreSamplerBase):
                 drift, g = sde.sde(x, t)
                 s = target.score(x, t)
                 g = tf.cast(g, x.dtype)
-                x_mean = x - (drift - _col(tf.square(g)) * s) * dt
+                x_mean = x - (drift - as_column(tf.square(g)) * s) * dt
                 noise = tf.random.stateless_normal(tf.shape(x), pred_seed, dtype=x.dtype)
-                x_new = x_mean + _col(g) * tf.cast(np.sqrt(dt), x.dtype) * noise
+                x_new = x_mean + as_column(g) * tf.cast(np.sqrt(dt), x.dtype) * noise
                 if denoise:
                     x_new = tf.where(tf.equal(i, n_steps - 1), x_mean, x_new)
                 if record:
@@ -258,11 +252,7 @@ class ReverseDiffusionSampler(_ScoreSamplerBase):
 
     def call(self, score_model, initial_state, seed=None, return_trajectory=False, sde=None):
         """Sample: see the class docstring."""
-        target = _Target(score_model, sde)
-        seed = self._seed(seed)
-        x0 = self._initial_state(target, initial_state, seed)
-        if target.input_dim is None:
-            target.input_dim = x0.shape[1]
+        target, seed, x0 = self._prepare(score_model, initial_state, seed, sde)
         fn = self._compiled(target, (x0.shape[1], bool(return_trajectory)),
                             lambda: self._build(target, bool(return_trajectory)))
         x, traj = fn(tf.constant(x0), seed)
@@ -305,8 +295,7 @@ class ProbabilityFlowSampler(_ScoreSamplerBase):
     def _build(self, target: _Target, record: bool):
         sde = target.sde
         T, eps = sde.T, self.eps
-        guard = SolveGuard(6 * self.max_num_steps + 2, tf.float64)
-        solver = tfp.math.ode.DormandPrince(rtol=self.rtol, atol=self.atol)
+        solver = GuardedSolver(self.rtol, self.atol, self.max_num_steps, tf.float64)
         # Integrate in r = −log t (increasing) from −log T to −log eps: dx/dr = −t f̃(x, t).
         # The solver's last step may end past its final time (the output is interpolated);
         # in r every such point is still a valid time t = e^{−r} > 0.
@@ -323,34 +312,25 @@ class ProbabilityFlowSampler(_ScoreSamplerBase):
             return -t * tf.cast(sde.probability_flow_drift(xf, tc, s), tf.float64)
 
         def run(x0):
-            guard.reset()
-            results = solver.solve(guard.wrap(ode_fn), tf.constant(-np.log(T), tf.float64),
-                                   tf.cast(x0, tf.float64),
-                                   solution_times=tf.constant(r_times, tf.float64))
-            return (results.states, results.diagnostics.num_ode_fn_evaluations,
-                    results.diagnostics.status, results.times[-1])
+            return solver.solve(ode_fn, tf.constant(-np.log(T), tf.float64),
+                                tf.cast(x0, tf.float64), tf.constant(r_times, tf.float64))
 
         spec = [tf.TensorSpec([None, target.input_dim], target.dtype)]
         fn = tf.function(run, input_signature=spec, jit_compile=self.jit_compile)
-        return fn, guard
+        return fn, solver
 
     def call(self, score_model, initial_state, seed=None, return_trajectory=False, sde=None):
         """Sample: see the class docstring (the seed only draws the prior samples)."""
-        target = _Target(score_model, sde)
-        seed = self._seed(seed)
-        x0 = self._initial_state(target, initial_state, seed)
-        if target.input_dim is None:
-            target.input_dim = x0.shape[1]
-        fn, guard = self._compiled(target, (x0.shape[1], bool(return_trajectory)),
-                                   lambda: self._build(target, bool(return_trajectory)))
-        states, nfe, status, final = fn(tf.constant(x0))
-        guard.check(float(np.exp(-float(final))), self.eps, status.numpy(),
-                    what="The probability-flow sampling ODE solve",
-                    to_time=lambda r: float(np.exp(-r)))
-        states = states.numpy()
+        target, seed, x0 = self._prepare(score_model, initial_state, seed, sde)
+        fn, solver = self._compiled(target, (x0.shape[1], bool(return_trajectory)),
+                                    lambda: self._build(target, bool(return_trajectory)))
+        solution = fn(tf.constant(x0))
+        solver.check(solution, self.eps, "The probability-flow sampling ODE solve",
+                     to_time=lambda r: float(np.exp(-r)))
+        states, nfe = solution.states.numpy(), solution.num_function_evaluations
         if not np.isfinite(states).all():
             raise ODESolverError("The probability-flow sampler returned non-finite values.",
-                                 self.eps)
+                                 self.eps, ODEStatus.NONFINITE)
         states = states.astype(target.dtype.as_numpy_dtype)
         traj = times = None
         if return_trajectory:

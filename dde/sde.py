@@ -29,25 +29,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dde._validation import check_positive
+from dde._registry import Registry
+from dde._tensors import as_column
+from dde._validation import check_positive, sanitize_seed
 
 
 def _as_seed(seed):
-    """A stateless-RNG seed [2] (int64) from an int or a [2] tensor/array."""
+    """A stateless-RNG seed [2] (int64): a tensor as it is (in-graph callers), else through
+    the package's one seed helper. None is refused (prior samples must be reproducible)."""
     if seed is None:
         raise ValueError("A seed is required (an int or a pair of ints).")
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
-        return tf.constant([int(seed), 0], tf.int64)
-    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
-    if seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise ValueError(f"seed must be an int or a pair of ints, got shape {seed.shape}.")
-    return seed
-
-
-def _column(t, x):
-    """t (scalar or [n]) as a [n, 1] or [1, 1] column in x's dtype, for broadcasting."""
-    t = tf.cast(t, x.dtype)
-    return tf.reshape(t, [-1, 1])
+    if tf.is_tensor(seed):
+        seed = tf.cast(seed, tf.int64)
+        if seed.shape.rank != 1 or seed.shape[0] != 2:
+            raise ValueError(f"seed must be an int or a pair of ints, got shape {seed.shape}.")
+        return seed
+    return tf.constant(sanitize_seed(seed), tf.int64)
 
 
 def check_time_interval(eps, T, name: str = "eps") -> float:
@@ -108,7 +105,7 @@ class SDE(abc.ABC):
     def marginal_prob(self, x, t):
         """Mean α_t x₀ [n, d] and standard deviation σ_t (shape of t) of x_t given x₀ = x."""
         alpha, std = self.marginal_coefficients(tf.cast(t, x.dtype))
-        return _column(alpha, x) * x, std
+        return as_column(alpha, x) * x, std
 
     @abc.abstractmethod
     def prior_sampling(self, shape, seed, dtype=tf.float32):
@@ -142,7 +139,7 @@ class SDE(abc.ABC):
     def probability_flow_drift(self, x, t, score):
         """f̃(x, t) = f(x, t) − ½ g(t)² s for a given score s [n, d]."""
         drift, g = self.sde(x, t)
-        return drift - 0.5 * _column(tf.square(g), x) * score
+        return drift - 0.5 * as_column(tf.square(g), x) * score
 
     # ---------------------------------------------------------- log-noise time variable
     def log_noise(self, t):
@@ -221,7 +218,7 @@ class VPSDE(SDE):
 
     def sde(self, x, t):
         beta = self.beta(tf.cast(t, x.dtype))
-        return -0.5 * _column(beta, x) * x, tf.sqrt(beta)
+        return -0.5 * as_column(beta, x) * x, tf.sqrt(beta)
 
     def marginal_coefficients(self, t):
         b = self.integrated_beta(t)
@@ -362,22 +359,29 @@ class ReverseSDE:
         drift, g = self.forward.sde(x, t)
         score = tf.cast(self.score_fn(x, t), x.dtype)
         scale = 0.5 if self.probability_flow else 1.0
-        drift = drift - scale * _column(tf.square(g), x) * score
+        drift = drift - scale * as_column(tf.square(g), x) * score
         diffusion = tf.zeros_like(g) if self.probability_flow else g
         return drift, diffusion
 
 
+#: SDE classes by name; `get_sde("name")` builds one with its defaults.
+SDES = Registry("SDE")
+SDES.register("vp", VPSDE)
+SDES.register("ve", VESDE)
+
+
 def get_sde(sde) -> SDE:
-    """An `SDE` from an instance, a name ("vp", "ve") or a serialized config dict."""
+    """An `SDE` from an instance, a registered name ("vp", "ve"; "vpsde", "VP-SDE", ... too)
+    or a serialized config dict."""
     if isinstance(sde, SDE):
         return sde
     if isinstance(sde, str):
         key = sde.lower().replace("-", "").replace("_", "")
-        if key in ("vp", "vpsde"):
-            return VPSDE()
-        if key in ("ve", "vesde"):
-            return VESDE()
-        raise ValueError(f"Unknown SDE name {sde!r}; expected 'vp' or 've' or an SDE object.")
+        key = key[:-3] if key.endswith("sde") and key[:-3] in SDES else key
+        if key not in SDES:
+            raise ValueError(f"Unknown SDE name {sde!r}; expected one of {SDES.names()} or an "
+                             "SDE object.")
+        return SDES.lookup(key)()
     if isinstance(sde, dict):
         obj = keras.saving.deserialize_keras_object(sde)
         if isinstance(obj, SDE):

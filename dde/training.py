@@ -13,7 +13,7 @@ provides what `compile` / `fit` / `evaluate` need around it:
 - `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer.
 
 Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
-`_init_training(seed)` in `__init__` and implement `_ensure_built(input_dim)`.
+`_init_training(seed)` in `__init__` and implement `ensure_built(input_dim)`.
 """
 from __future__ import annotations
 
@@ -72,12 +72,12 @@ class DSMModel(keras.Model):
         # Counts evaluation batches so that `evaluate` draws the same noise on every call.
         self._eval_step = keras.Variable(0, dtype="int64", trainable=False, name="eval_step",
                                          aggregation="only_first_replica")
-        self._compiled = {}
 
     def dsm_loss(self, x, seed, sample_weight=None, training=False):
         raise NotImplementedError
 
-    def _ensure_built(self, input_dim: int):
+    def ensure_built(self, input_dim: int):
+        """Build the model for inputs of `input_dim` features if it is not built yet."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------ Keras hooks
@@ -167,7 +167,7 @@ class DSMModel(keras.Model):
         if not self.built and expected is not None and expected != input_dim:
             raise ValueError(f"{name} has {input_dim} features, but {type(self).__name__} is "
                              f"expecting {expected} features as input (its network's).")
-        self._ensure_built(input_dim)
+        self.ensure_built(input_dim)
 
     def _on_fit_data(self, x):
         """Hook called with the validated training data before `fit` trains."""

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 from scipy import linalg, stats
 
+from dde._cache import cached_functions
 from dde.datasets import toy
 from dde.likelihood import (
     ODESolverError,
@@ -151,7 +152,7 @@ def test_batches_and_compiled_flow_reuse():
     assert split.num_batches == 3 and whole.num_batches == 1
     np.testing.assert_allclose(split.log_prob, whole.log_prob, atol=1e-4)
     assert split.num_function_evaluations > whole.num_function_evaluations
-    assert flow._solves[3].experimental_get_tracing_count() == 1  # any batch size, one trace
+    assert cached_functions(flow)[("solve", 3)].experimental_get_tracing_count() == 1  # any batch size, one trace
     # Solver failures surface with the time reached; the budget is a variable (no retrace).
     flow.max_num_steps = 3
     with pytest.raises(ODESolverError, match="step budget was exceeded") as info:
@@ -160,7 +161,7 @@ def test_batches_and_compiled_flow_reuse():
     assert f"t = {info.value.time_reached:.6g}" in str(info.value)
     flow.max_num_steps = 10_000
     np.testing.assert_array_equal(flow.log_prob(x, batch_size=50).log_prob, whole.log_prob)
-    assert flow._solves[3].experimental_get_tracing_count() == 1
+    assert cached_functions(flow)[("solve", 3)].experimental_get_tracing_count() == 1
 
 
 def test_xla_compiled_solve_matches_graph_and_guards():

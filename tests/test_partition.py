@@ -12,6 +12,7 @@ from scipy import special, stats
 
 import dde
 from dde import partition as P
+from dde.partition import weights as W
 
 tfd = tfp.distributions
 
@@ -61,12 +62,12 @@ def test_streaming_statistics_do_not_depend_on_batching():
     rng = np.random.default_rng(1)
     lw = np.concatenate([rng.normal(size=300) * 5, [-np.inf] * 7, rng.normal(size=300) * 5 + 40,
                          rng.normal(size=300) * 5 - 40])
-    whole = P._finalize(P._stats_update(P._stats_init(), tf.constant(lw)), "raise")
+    whole = W.finalize(W.stats_update(W.stats_init(), tf.constant(lw)), "raise")
     for chunk in (13, 100, 451):
-        state = P._stats_init()
+        state = W.stats_init()
         for i in range(0, lw.size, chunk):
-            state = P._stats_update(state, tf.constant(lw[i:i + chunk]))
-        got = P._finalize(state, "raise")
+            state = W.stats_update(state, tf.constant(lw[i:i + chunk]))
+        got = W.finalize(state, "raise")
         np.testing.assert_allclose(got[:3], whole[:3], rtol=1e-12)
         assert got[3] == lw.size
 
@@ -456,7 +457,7 @@ def test_normalized_dde_integrates_to_one_on_a_grid(trained_dde):
     rim = np.concatenate([f.reshape(801, 801)[[0, -1]].ravel(),
                           f.reshape(801, 801)[:, [0, -1]].ravel()])
     assert rim.max() < log_z_grid - 5  # mass beyond the grid is negligible
-    for kwargs in ({"method": "is", "proposal_scale": 1.3},
+    for kwargs in ({"method": "is", "proposal_options": {"scale": 1.3}},
                    {"method": "ais", "num_samples": 300, "num_steps": 50}):
         r = model.normalize(x, seed=1, **kwargs)
         assert model.is_normalized and float(model.log_z.numpy()) == r.log_z
@@ -470,16 +471,35 @@ def test_normalize_proposals_and_seed_default(trained_dde):
     """Each proposal name works on a model; seed=None uses the model's seed (reproducible);
     the diagnostics name the proposal."""
     model, x = trained_dde
-    r_gmm = model.normalize(x, proposal="gmm", n_components=3, num_samples=20_000,
+    r_gmm = model.normalize(x, proposal="gmm", proposal_options={"n_components": 3}, num_samples=20_000,
                             on_low_ess="ignore")
     r_s = model.normalize(x[:500], proposal="smoothed", num_samples=20_000,
                           on_low_ess="ignore")
     assert r_gmm.diagnostics["proposal"] == "gmm" and r_gmm.diagnostics["n_components"] == 3
     assert r_s.diagnostics["smoothing_std"] == pytest.approx(0.2)
-    again = model.normalize(x, proposal="gmm", n_components=3, num_samples=20_000,
+    again = model.normalize(x, proposal="gmm", proposal_options={"n_components": 3}, num_samples=20_000,
                             on_low_ess="ignore")
     assert again.log_z == r_gmm.log_z and again.seed == (0, model.seed)
     assert abs(r_gmm.log_z - r_s.log_z) < 4 * math.hypot(r_gmm.stderr, r_s.stderr) + 0.05
+
+
+def test_proposal_options_and_the_deprecated_flat_keywords(trained_dde):
+    """proposal_options reach the proposal's builder; the flat keywords of earlier versions
+    give the same estimate with a DeprecationWarning (and are ignored by proposals that do not
+    take them, as they were); an option the proposal does not take is a TypeError naming it."""
+    model, x = trained_dde
+    kw = dict(num_samples=5000, seed=2, on_low_ess="ignore")
+    new = model.normalize(x, proposal="student_t", proposal_options={"df": 7.0, "scale": 1.1},
+                          **kw)
+    with pytest.warns(DeprecationWarning, match="proposal_options"):
+        old = model.normalize(x, proposal="student_t", proposal_df=7.0, proposal_scale=1.1,
+                              n_components=3, **kw)
+    assert new.log_z == old.log_z and new.diagnostics["proposal_options"] == {"df": 7.0,
+                                                                             "scale": 1.1}
+    with pytest.raises(TypeError, match=r"no option \['n_components'\]"):
+        model.normalize(x, proposal="gaussian", proposal_options={"n_components": 3}, **kw)
+    with pytest.raises(ValueError, match="Unknown proposal 'gausian'.*'gaussian'"):
+        model.normalize(x, proposal="gausian", **kw)
 
 
 def test_keras_round_trip_keeps_log_z(trained_dde, tmp_path):
@@ -538,7 +558,7 @@ def test_noise_conditional_dde_normalizes_f_at_sigma_min():
     net = dde.nets.conditional_energy_mlp(2, depth=1, width=16, embedding_dim=8)
     model = dde.NoiseConditionalDDE(net, sigma_min=0.05, sigma_max=1.0, seed=3)
     x = two_moons_like(300, 1)
-    model._ensure_built(2)
+    model.ensure_built(2)
     q = P.gaussian_proposal(x)
     kw = dict(num_samples=2000, on_low_ess="ignore")
     r = model.normalize(x, **kw)
@@ -564,7 +584,7 @@ def test_log_z_records_its_noise_level():
     net = dde.nets.conditional_energy_mlp(2, depth=1, width=16, embedding_dim=8)
     model = dde.NoiseConditionalDDE(net, sigma_min=0.05, sigma_max=1.0, seed=3)
     x = two_moons_like(300, 2)
-    model._ensure_built(2)
+    model.ensure_built(2)
     model.normalize(x, noise_std=0.5, num_samples=2000, on_low_ess="ignore")
     assert float(model.log_z_noise_std.numpy()) == 0.5
     log_z = float(model.log_z.numpy())
@@ -582,7 +602,7 @@ def test_log_z_records_its_noise_level():
 
     single = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=1, width=8),
                                            noise_std=0.3)
-    single._ensure_built(2)
+    single.ensure_built(2)
     single.set_log_partition(2.0)
     assert float(single.log_z_noise_std.numpy()) == pytest.approx(0.3)
     single.log_prob(x)  # σ unchanged: fine

@@ -13,6 +13,7 @@ from scipy import stats
 
 import dde
 from dde import sampling
+from dde._cache import cached_functions
 from dde.sampling import (AnnealedLangevinSampler, LangevinSampler, LogDensity, MALASampler,
                           SamplerResults)
 
@@ -234,7 +235,7 @@ def test_compiled_loops_do_not_keep_models_alive():
     model = small_dde()
     LangevinSampler(num_steps=2)(model, np.zeros((3, 2)), seed=0)
     MALASampler(num_steps=2, num_burnin_steps=1)(model, np.zeros((3, 2)), seed=0)
-    assert model in sampling._COMPILED
+    assert cached_functions(model)  # the loops are cached for it
     ref = weakref.ref(model)
     del model
     gc.collect()
@@ -452,3 +453,33 @@ def test_model_sample_annealed_on_noise_conditional_dde():
     assert abs(small.mean() - 0.2) < 0.05, small.mean()
     centred = res.samples - np.where(small[:, None], MODES[0], MODES[1])
     assert np.all(np.abs(centred.mean(0)) < 0.15) and np.allclose(centred.var(0), 1.01, rtol=0.15)
+
+
+class ExactGaussianSampler(keras.layers.Layer):
+    """A toy sampler for the registry test: exact draws from N(data_mean, data_cov), ignoring
+    the chains' starting points (a model fitted to Gaussian data)."""
+
+    def __call__(self, target, initial_state, seed=None, return_trajectory=False,
+                 progress=False):
+        rng = np.random.default_rng(seed)
+        x = rng.multivariate_normal(target.data_mean.numpy(), target.data_cov.numpy(),
+                                    size=len(initial_state))
+        return SamplerResults(x, None, None, 0, 0.0)
+
+
+def test_a_new_sampler_is_one_class_and_one_registry_line(trained_dde):
+    """Registering a sampler recipe makes `model.sample(method=name)` use it (the command
+    line's `--method` choices come from the same registry)."""
+    sampling.SAMPLERS.register("exact_gaussian", sampling.SamplerRecipe(
+        lambda model, num_steps, step_size, **options: (ExactGaussianSampler(), 0.0),
+        lambda sigma: None))
+    try:
+        x = trained_dde.sample(500, method="exact_gaussian", seed=0)
+        assert x.shape == (500, 2)
+        np.testing.assert_allclose(np.cov(x, rowvar=False), trained_dde.data_cov.numpy(),
+                                   atol=0.5)
+        assert "exact_gaussian" in sampling.SAMPLERS.names()
+    finally:
+        sampling.SAMPLERS.unregister("exact_gaussian")
+    with pytest.raises(ValueError, match="method must be one of"):
+        trained_dde.sample(5, method="exact_gaussian")

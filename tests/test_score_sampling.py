@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from dde._cache import cached_functions
 from dde.likelihood import ODESolverError, probability_flow_log_prob
 from dde.nets import score_mlp
 from dde.score import ScoreNetwork
@@ -117,7 +118,7 @@ def test_compiled_loops_do_not_keep_score_models_alive():
         model.build([(None, 2), (None, 1)])
         ReverseDiffusionSampler(num_steps=2)(model, 3, seed=0)
         ProbabilityFlowSampler()(model, 3, seed=0)
-        return weakref.ref(model), model in score_sampling._COMPILED
+        return weakref.ref(model), bool(cached_functions(model))
 
     ref, cached = sample_from_a_new_model()
     gc.collect()

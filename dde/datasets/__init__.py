@@ -18,9 +18,11 @@ uniform noise of the grid width before standardization, so that densities exist.
 """
 from __future__ import annotations
 
+import collections
 
 import numpy as np
 
+from dde._registry import Registry
 from dde.datasets import adbench, maf, toy, uci
 from dde.datasets.tabular import SPLITS, DatasetNotFoundError, Splits, check_split
 
@@ -28,6 +30,8 @@ TOY_SIZES = {"train": 10_000, "validation": 2_000, "test": 2_000}
 TOY_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
 __all__ = [
+    "FAMILIES",
+    "DatasetFamily",
     "DatasetNotFoundError",
     "SPLITS",
     "Splits",
@@ -42,20 +46,55 @@ __all__ = [
 ]
 
 
-def _toy_names() -> tuple:
-    return toy.NAMES
+def _toy_sample(name: str, split: str) -> np.ndarray:
+    return toy.sample(name, TOY_SIZES[split], TOY_SEEDS[split])
+
+
+def _load_toy(name, data_dir=None, **options) -> Splits:
+    if options:
+        raise TypeError(f"Toy data set {name!r} takes no options, got {sorted(options)}.")
+    return Splits(name, *(_toy_sample(name, s) for s in SPLITS),
+                  info={"source": "dde.datasets.toy", "sizes": dict(TOY_SIZES),
+                        "seeds": dict(TOY_SEEDS)})
+
+
+def _adbench_owns(name, data_dir=None) -> bool:
+    if name.lower().startswith(adbench.PREFIX):
+        return True
+    try:  # a file stem such as "22_magic.gamma"
+        adbench.find_file(name, data_dir)
+    except DatasetNotFoundError:
+        return False
+    return True
+
+
+DatasetFamily = collections.namedtuple("DatasetFamily", ["names", "owns", "load"])
+DatasetFamily.__doc__ = """A family of data sets: names(data_dir) → the names it offers
+there; owns(name, data_dir) → whether `name` is one of its sets; load(name, data_dir,
+**options) → `Splits`."""
+
+#: Data-set families, asked in this order which one owns a name.
+FAMILIES = Registry("data-set family")
+FAMILIES.register("uci", DatasetFamily(lambda data_dir: uci.NAMES,
+                                       lambda name, data_dir: name.lower() in uci.NAMES,
+                                       lambda name, data_dir, **o: uci.load_uci(name.lower(),
+                                                                                **o)))
+FAMILIES.register("maf", DatasetFamily(lambda data_dir: maf.NAMES,
+                                       lambda name, data_dir: name.lower() in maf.NAMES,
+                                       lambda name, data_dir, **o: maf.load_maf(
+                                           name.lower(), data_dir, **o)))
+FAMILIES.register("toy", DatasetFamily(lambda data_dir: toy.NAMES,
+                                       lambda name, data_dir: name in toy.NAMES, _load_toy))
+FAMILIES.register("adbench", DatasetFamily(
+    lambda data_dir: tuple(f"{adbench.PREFIX}{k}" for k in sorted(adbench.available(data_dir))),
+    _adbench_owns, adbench.load_adbench))
 
 
 def list_datasets(data_dir=None) -> list:
-    """Every name `load_dataset` accepts here: the scikit-learn and MAF sets, the toy sets,
-    and `adbench:<name>` for each ADBench file in `data_dir` (default `DDE_DATA_DIR`)."""
-    names = list(uci.NAMES) + list(maf.NAMES) + list(_toy_names())
-    names += [f"{adbench.PREFIX}{key}" for key in sorted(adbench.available(data_dir))]
-    return names
-
-
-def _toy_sample(name: str, split: str) -> np.ndarray:
-    return toy.sample(name, TOY_SIZES[split], TOY_SEEDS[split])
+    """Every name `load_dataset` accepts here: the names of each family in `FAMILIES` (the
+    scikit-learn and MAF sets, the toy sets, and `adbench:<name>` for each ADBench file in
+    `data_dir`, default `DDE_DATA_DIR`)."""
+    return [n for family in FAMILIES.values() for n in family.names(data_dir)]
 
 
 def load_splits(name: str, data_dir=None, **options) -> Splits:
@@ -70,23 +109,9 @@ def load_splits(name: str, data_dir=None, **options) -> Splits:
     if not isinstance(name, str) or not name.strip():
         raise TypeError(f"name must be a non-empty string, got {name!r}.")
     key = name.strip()
-    low = key.lower()
-    if low.startswith(adbench.PREFIX):
-        return adbench.load_adbench(key, data_dir, **options)
-    if low in uci.NAMES:
-        return uci.load_uci(low, **options)
-    if low in maf.NAMES:
-        return maf.load_maf(low, data_dir, **options)
-    if key in _toy_names():
-        if options:
-            raise TypeError(f"Toy data set {key!r} takes no options, got {sorted(options)}.")
-        return Splits(key, *(_toy_sample(key, s) for s in SPLITS),
-                      info={"source": "dde.datasets.toy", "sizes": dict(TOY_SIZES),
-                            "seeds": dict(TOY_SEEDS)})
-    try:
-        return adbench.load_adbench(key, data_dir, **options)
-    except DatasetNotFoundError:
-        pass
+    for family in FAMILIES.values():
+        if family.owns(key, data_dir):
+            return family.load(key, data_dir, **options)
     known = ", ".join(list_datasets(data_dir))
     raise ValueError(f"Unknown data set {name!r}. Known names: {known} (ADBench files: "
                      "'adbench:<name>' or the file stem, found in data_dir or DDE_DATA_DIR).")

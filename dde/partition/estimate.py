@@ -1,0 +1,244 @@
+"""The estimators' front doors: `estimate_log_partition` (any log-density function and
+proposal), `estimate_model_log_partition` (an energy model: what `model.normalize` runs) and
+`average_log_likelihood` (a normalized model on test data).
+
+Models enter only through the public members of `dde.protocols.EnergyModelLike`
+(`log_density_fn`, `resolve_noise_std`, `ensure_built`, ...): this module never imports the
+models.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import warnings
+
+import numpy as np
+import tensorflow_probability as tfp
+
+from dde._registry import Registry
+from dde._validation import check_data, check_finite_results, check_positive, sanitize_seed
+from dde.partition.ais import annealed_importance_sampling
+from dde.partition.importance import importance_sampling
+from dde.partition.proposals import event_size, make_proposal, proposal_option_names
+from dde.partition.results import AverageLogLikelihood, LogPartitionResult
+from dde.partition.weights import LOW_ESS_POLICIES, NAN_POLICIES, check_ess
+from dde.protocols import EnergyModelLike, input_dim_of
+
+tfd = tfp.distributions
+
+#: Estimators by name: "is" (streaming importance sampling), "ais" (annealed IS).
+METHODS = Registry("normalization method")
+METHODS.register("is", importance_sampling)
+METHODS.register("ais", annealed_importance_sampling)
+DEFAULT_NUM_SAMPLES = {"is": 100_000, "ais": 1_000}
+DEFAULT_BATCH_SIZE = {"is": 8192, "ais": 4096}
+#: The salt of the estimators' seed stream (see `dde._validation.sanitize_seed`).
+SEED_SALT = 0
+#: Flattened proposal keywords of earlier versions → their `proposal_options` names.
+_LEGACY_PROPOSAL_KEYWORDS = {"n_components": "n_components", "proposal_scale": "scale",
+                             "proposal_df": "df", "smoothing_std": "noise_std"}
+
+
+class _DropRetracingWarnings(logging.Filter):
+    """Each estimate compiles functions for its own (log_density_fn, proposal): TensorFlow's
+    'triggered tf.function retracing' warning is expected then, not a performance bug."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _expected_retracing():
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    filt = _DropRetracingWarnings()
+    logger.addFilter(filt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filt)
+
+
+def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_size: int = 8192,
+                           seed=None, method: str = "is", progress: bool = False,
+                           nan_policy: str = "raise", min_ess: float = 100.0,
+                           on_low_ess: str = "warn", jit_compile: bool = False,
+                           **ais_options) -> LogPartitionResult:
+    """Estimate log Z = log ∫ exp f(x) dx by importance sampling or AIS.
+
+    log_density_fn: f, a TensorFlow-traceable callable [batch, d] → [batch] (any float dtype;
+        it receives x in the proposal's dtype). For AIS it must be differentiable.
+    proposal: a `tfd.Distribution` with event shape [d] (see `make_proposal`).
+    num_samples: M, the number of samples (IS) or of chains (AIS).
+    batch_size: samples (IS) or chains (AIS) processed at once.
+    seed: int, pair of ints or None. The result is a deterministic function of (seed,
+        batch_size, M, the method's options); each batch uses `stateless_fold_in(seed, b)`.
+    method: "is" (streaming importance sampling) or "ais" (see `ais_options`); the names
+        registered in `METHODS`.
+    progress: show a progress bar.
+    nan_policy: "raise" (default): any NaN log-density raises ValueError naming how many;
+        "zero": NaN counts as a zero weight, with a RuntimeWarning giving the count.
+    min_ess, on_low_ess: if ESS < min(min_ess, 0.1·M) then "warn" (a
+        `LowEffectiveSampleSizeWarning`), "raise" (RuntimeError) or "ignore".
+    jit_compile: compile the batch step with XLA.
+    ais_options (method="ais"): num_steps=200 (K temperatures), schedule="sigmoid" ("linear",
+        "geometric" or an increasing array from 0 to 1; see `ais_schedule`), kernel="hmc"
+        ("mala", or a callable make_kernel(target_fn, step_size) returning a `dde.mcmc`
+        kernel), num_leapfrog_steps=5, steps_per_temperature=1, step_size=None (initial, in
+        whitened coordinates, in `dde.mcmc`'s convention), target_accept_rate=None (0.85 HMC,
+        0.8 MALA: higher than the rates optimal for plain MCMC, because chains that stall at
+        a temperature inflate the variance of the AIS weights), adapt_step_size=True (after
+        every transition log h += adaptation_rate·(mean acceptance − target), shared by the
+        chains of a batch; adaptation_rate=1.0). Adaptation makes the transitions at a
+        temperature depend on the batch's chains at the previous one, an O(1/batch) effect;
+        for exactly independent chains pass adapt_step_size=False and a fixed step_size.
+
+    Returns a `LogPartitionResult` (log_z, stderr, ess, num_samples, ...).
+    """
+    check_positive(num_samples, "num_samples", integer=True)
+    check_positive(batch_size, "batch_size", integer=True)
+    check_positive(min_ess, "min_ess", allow_zero=True)
+    estimator = METHODS.lookup(method)
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}.")
+    if on_low_ess not in LOW_ESS_POLICIES:
+        raise ValueError(f"on_low_ess must be one of {LOW_ESS_POLICIES}, got {on_low_ess!r}.")
+    if not callable(log_density_fn):
+        raise TypeError("log_density_fn must be callable: [batch, d] → [batch].")
+    d = event_size(proposal)
+    seed = sanitize_seed(seed, SEED_SALT)
+    if method == "is" and ais_options:
+        raise TypeError(f"Unexpected options for method='is': {sorted(ais_options)}.")
+    with _expected_retracing():
+        if method == "is":
+            result = estimator(log_density_fn, proposal, int(num_samples), int(batch_size),
+                               seed, progress, nan_policy, jit_compile)
+        else:
+            result = estimator(log_density_fn, proposal, d, int(num_samples), int(batch_size),
+                               seed, progress, nan_policy, jit_compile, **ais_options)
+    check_ess(result.ess, result.num_samples, min_ess, on_low_ess)
+    return result
+
+
+def check_model(model):
+    """Raise TypeError unless `model` is an energy model (`dde.protocols.EnergyModelLike`)."""
+    if not isinstance(model, EnergyModelLike):
+        raise TypeError(f"model must be a dde EnergyModel (DenoisingDensityEstimator or "
+                        f"NoiseConditionalDDE), got {type(model).__name__}.")
+
+
+def model_log_density_fn(model, noise_std: float | None = None):
+    """f of an energy model as a traceable function [batch, d] (any float) → [batch] in x's
+    dtype: `model.log_density_fn(noise_std)` (for a NoiseConditionalDDE, f(·, σ) with σ =
+    noise_std, default sigma_min)."""
+    check_model(model)
+    return model.log_density_fn(noise_std)
+
+
+def _proposal_options(proposal, proposal_options, legacy, sigma):
+    """The builder options of a named proposal: `proposal_options`, plus the flattened
+    keywords of earlier versions (deprecated; as then, those the proposal does not take are
+    ignored), plus the model's σ as the "smoothed" proposal's default noise_std."""
+    options = dict(proposal_options or {})
+    if legacy:
+        warnings.warn(f"{sorted(legacy)} are deprecated keywords; pass proposal_options="
+                      "{...} instead (e.g. {'n_components': 8, 'scale': 1.0, 'df': 5.0}).",
+                      DeprecationWarning, stacklevel=4)
+    accepted = proposal_option_names(proposal) if isinstance(proposal, str) else ()
+    for key, value in legacy.items():
+        name = _LEGACY_PROPOSAL_KEYWORDS[key]
+        if value is not None and name in accepted:
+            options.setdefault(name, value)
+    if proposal == "smoothed":
+        options.setdefault("noise_std", sigma)
+    return options
+
+
+def estimate_model_log_partition(model, x_train=None, method: str = "is",
+                                 proposal="gaussian", num_samples: int | None = None,
+                                 batch_size: int | None = None, seed=None,
+                                 noise_std: float | None = None,
+                                 proposal_options: dict | None = None,
+                                 **options) -> LogPartitionResult:
+    """log Ẑ of an energy model's `exp f` (the computation behind `model.normalize`).
+
+    x_train [N, d]: the data the proposal is fitted to (not needed for a given Distribution).
+    proposal: a name registered in `dde.partition.PROPOSALS` — "gaussian" (full covariance),
+        "student_t", "gmm", "smoothed" (σ-smoothed empirical mixture, σ default the model's)
+        — or a `tfd.Distribution` with event size d.
+    proposal_options: the named proposal's options, e.g. {"n_components": 8} (gmm),
+        {"df": 5.0, "scale": 1.2} (student_t), {"noise_std": 0.1} (smoothed); see
+        `dde.partition.make_proposal`.
+    num_samples / batch_size: default 100,000 / 8192 for IS, 1,000 chains / 4096 for AIS.
+    seed: default the model's seed (so normalizing twice gives the same result).
+    noise_std: for a NoiseConditionalDDE, the σ of f(·, σ) to normalize (default sigma_min).
+    options: passed to `estimate_log_partition` (progress, nan_policy, min_ess, on_low_ess,
+        AIS options). The keywords n_components, proposal_scale, proposal_df and
+        smoothing_std of earlier versions are accepted (deprecated) and go to
+        proposal_options.
+    """
+    check_model(model)
+    METHODS.lookup(method)
+    legacy = {k: options.pop(k) for k in list(options) if k in _LEGACY_PROPOSAL_KEYWORDS}
+    d = input_dim_of(model)
+    if x_train is not None:
+        x_train = check_data(x_train, name="x_train", n_features=d,
+                             owner=type(model).__name__, dtype=np.float64)
+        d = x_train.shape[1]
+    elif isinstance(proposal, tfd.Distribution):
+        d = event_size(proposal, d)
+    else:
+        raise ValueError(f"x_train is required to fit the {proposal!r} proposal.")
+    model.ensure_built(d)
+    sigma = model.resolve_noise_std(noise_std)
+    seed_arr = sanitize_seed(model.seed if seed is None else seed, SEED_SALT)
+    popts = _proposal_options(proposal, proposal_options, legacy, sigma)
+    q = make_proposal(proposal, x_train, seed=int(seed_arr[1]) % (2**31 - 1), input_dim=d,
+                      **(popts if isinstance(proposal, str) else {}))
+    num_samples = DEFAULT_NUM_SAMPLES[method] if num_samples is None else num_samples
+    batch_size = DEFAULT_BATCH_SIZE[method] if batch_size is None else batch_size
+    fn = model.log_density_fn(noise_std)
+    result = estimate_log_partition(fn, q, num_samples, batch_size=batch_size, seed=seed_arr,
+                                    method=method, **options)
+    diagnostics = dict(result.diagnostics)
+    diagnostics.update({"proposal": proposal if isinstance(proposal, str) else q.name,
+                        "noise_std": sigma})
+    if isinstance(proposal, str):
+        diagnostics["proposal_options"] = popts
+        # also under the flat names of earlier versions (n_components, proposal_scale, ...)
+        diagnostics.update({legacy_name: popts[name] for legacy_name, name
+                            in _LEGACY_PROPOSAL_KEYWORDS.items() if name in popts})
+    return dataclasses.replace(result, diagnostics=diagnostics)
+
+
+def average_log_likelihood(model, x_test, noise_std: float | None = None,
+                           batch_size: int = 8192) -> AverageLogLikelihood:
+    """Average log-likelihood of x_test [n, d] under a normalized model:
+    mean_j f(x_j) − log Ẑ ± sqrt(Var_j f(x_j)/n + se(log Ẑ)²) (Var with ddof 1; NaN for n=1).
+
+    Raises RuntimeError if the model is not normalized (`model.normalize`), ValueError if its
+    log Ẑ belongs to another σ (see `EnergyModel.normalized_noise_std`).
+    noise_std: for a NoiseConditionalDDE, the σ to evaluate at; it must be the one log Ẑ was
+    estimated at (default: that σ).
+    """
+    check_model(model)
+    if not model.is_normalized:
+        raise RuntimeError(
+            f"This {type(model).__name__} is not normalized: call model.normalize(x_train, "
+            "...) (or `dde normalize`) before computing a log-likelihood.")
+    x = check_data(x_test, name="x_test", n_features=input_dim_of(model),
+                   owner=type(model).__name__, dtype=np.float32)
+    # f(x) − log Ẑ at the σ log Ẑ was estimated at (log_prob checks it)
+    f = check_finite_results(model.log_prob(x, noise_std=noise_std, batch_size=batch_size),
+                             "model's log-density")
+    log_z = float(model.log_z.numpy())
+    se_z = float(model.log_z_stderr.numpy())
+    n = len(f)
+    test_se = float(np.std(f, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    se_z_term = se_z if np.isfinite(se_z) else 0.0
+    return AverageLogLikelihood(mean=float(f.mean()),
+                                stderr=math.sqrt(test_se**2 + se_z_term**2), n=n,
+                                test_stderr=test_se, log_z=log_z, log_z_stderr=se_z)
