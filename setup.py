@@ -15,7 +15,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["dde", "dde.*"]),
+    packages=find_packages(include=["dde", "dde.*", "dde_cli"]),
     install_requires=[
         "tensorflow>=2.18",
         "keras>=3.6",
@@ -36,11 +36,13 @@ setup(
             # the MAF-suite loaders read a pandas pickle (GAS), CSV (HEPMASS) and HDF5
             "pandas>=2.0",
             "h5py>=3.10",
+            # property-based tests of the command line (tests/test_cli_fuzz.py)
+            "hypothesis>=6",
         ],
         "notebooks": ["jupyter", "nbformat>=5.10", "ipykernel>=6.29"],
         "benchmarks": ["pandas>=2.0", "h5py>=3.10"],
     },
-    entry_points={"console_scripts": ["dde=dde.cli:main"]},
+    entry_points={"console_scripts": ["dde=dde_cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -55,11 +55,16 @@ def check_data(x, *, name: str = "X", n_features: int | None = None, owner: str 
         raise ValueError(
             f"Found array with 0 feature(s) (shape={arr.shape}) in {name} while a minimum of 1 "
             "is required.")
-    arr = np.ascontiguousarray(arr, dtype=dtype)
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        what = "NaN" if np.isnan(arr).any() else "infinity or a value too large for " + str(
-            np.dtype(dtype))
-        raise ValueError(f"Input {name} contains {what}.")
+    with np.errstate(over="ignore"):
+        cast = np.ascontiguousarray(arr, dtype=dtype)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+        nan = np.isnan(cast)
+        bad = nan if nan.any() else ~np.isfinite(cast)
+        i, j = np.argwhere(bad)[0]
+        what = "NaN" if nan.any() else (
+            f"infinity or a value too large for {np.dtype(dtype)} ({float(arr[i, j]):g})")
+        raise ValueError(f"Input {name} contains {what} at {_rows(bad.any(1))}, column {j}.")
+    arr = cast
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(
             f"{name} has {arr.shape[1]} features, but {owner} is expecting {n_features} "
@@ -77,6 +82,26 @@ def check_positive(value, name: str, *, integer: bool = False, allow_zero: bool 
         bound = "≥ 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}.")
     return value
+
+
+def _rows(mask, limit: int = 5) -> str:
+    """'row 3' or 'rows 3, 8, … (12 rows)' for a boolean mask over rows [n]."""
+    idx = np.flatnonzero(mask)
+    if len(idx) == 1:
+        return f"row {idx[0]}"
+    shown = ", ".join(map(str, idx[:limit]))
+    return f"rows {shown}, … ({len(idx)} rows)" if len(idx) > limit else f"rows {shown}"
+
+
+def check_finite_results(values, what: str) -> np.ndarray:
+    """Return `values` (one result per row: [n] or [n, k]) if all are finite, else raise a
+    ValueError naming the rows whose `what` is not finite: such results are never stored."""
+    values = np.asarray(values)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(1)
+    if bad.any():
+        raise ValueError(f"The {what} is not finite at {_rows(bad)} of {len(values)} "
+                         "(values far outside the training data's range?).")
+    return values
 
 
 def _preview(arr: np.ndarray) -> str:

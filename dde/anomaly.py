@@ -34,7 +34,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from dde._io import atomic_path
+from dde._io import atomic_path, check_keras_archive
+from dde._validation import check_finite_results
 from dde.models import DenoisingDensityEstimator, EnergyModel, NoiseStdSchedule
 from dde.nets import check_activation, energy_mlp
 
@@ -79,8 +80,9 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         "scott": Scott's rule `σ = n^(−1/(d+4))` for n training rows of d features.
     initial_noise_std : float or None, default=1.0
         If larger than the final σ, training starts at this σ, which decays geometrically
-        (×0.9 per stage) to the final σ over the first half of `max_steps`; early stopping
-        only acts afterwards. The smooth large-σ density is learned first. None: constant σ.
+        (×0.9 per stage, or faster on a short budget) to the final σ over the first half of
+        `max_steps` (`NoiseStdSchedule.annealing`); early stopping only acts afterwards. The
+        smooth large-σ density is learned first. None (or max_steps=1): constant σ.
     max_steps : int, default=3000
         Budget of optimizer steps (batches); split into equal evaluation intervals of at most
         `validation_interval` steps, it may be exceeded by less than one step per interval.
@@ -261,9 +263,15 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
             self.activation_ = None
             self.activation_val_losses_ = {}
         else:
-            self.scaler_ = StandardScaler().fit(X)
-            z = self.scaler_.transform(X).astype(np.float32)
-            model = self._train(z, rng)
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.scaler_ = StandardScaler().fit(X)
+            if not np.isfinite(self.scaler_.scale_).all() or \
+                    not np.isfinite(self.scaler_.mean_).all():
+                j = int(np.flatnonzero(~(np.isfinite(self.scaler_.scale_)
+                                         & np.isfinite(self.scaler_.mean_)))[0])
+                raise ValueError(f"The mean or spread of column {j} of X overflows float64: "
+                                 "its values are too large to standardize.")
+            model = self._train(self._standardize(X, "X"), rng)
         self.estimator_ = model
         self.noise_std_ = float(model.resolve_noise_std(None))
         self._set_shift()
@@ -315,7 +323,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         d = z_train.shape[1]
         n_val = len(z_val)
         sigma0 = sigma
-        if self.initial_noise_std is not None:
+        if self.initial_noise_std is not None and self.max_steps > 1:  # (1 step: no annealing)
             sigma0 = max(float(self.initial_noise_std), sigma)
         network = energy_mlp(d, depth=self.hidden_layers, width=self.width,
                              activation=activation, name="energy_mlp")
@@ -341,13 +349,10 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                 .repeat().batch(batch, drop_remainder=True))
         callbacks, anneal_epochs = [], 0
         if sigma0 > sigma:
-            anneal_steps = max(self.max_steps // 2, 1)
-            factor = 0.9
-            n_decays = math.ceil(math.log(sigma / sigma0) / math.log(factor))
-            callbacks.append(NoiseStdSchedule(factor=factor,
-                                              every_n_batches=max(anneal_steps // n_decays, 1),
-                                              min_noise_std=sigma))
-            anneal_epochs = math.ceil(anneal_steps / interval)
+            schedule = NoiseStdSchedule.annealing(sigma0, sigma, self.max_steps, fraction=0.5,
+                                                  factor=0.9)
+            callbacks.append(schedule)
+            anneal_epochs = math.ceil(schedule.anneal_steps / interval)
         validation_data = None
         if n_val > 0:
             reps = max(1, math.ceil(_MIN_VALIDATION_ROWS / n_val))
@@ -360,8 +365,6 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                          validation_batch_size=min(8192, len(validation_data))
                          if validation_data is not None else None,
                          callbacks=callbacks, verbose=self.verbose)
-        if float(model.noise_std.numpy()) != sigma:  # budget ended before the annealing did
-            model.noise_std.assign(sigma)
         losses = [float(v) for v in hist.history.get("loss", [])]
         val_losses = [float(v) for v in hist.history.get("val_loss", [])]
         n_steps = len(losses) * interval
@@ -397,10 +400,28 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         return self._score(X)
 
+    def _standardize(self, X, name="X") -> np.ndarray:
+        """z = (X − μ)/s in the model's float dtype (X as is without a scaler). A value that
+        becomes ±inf there (e.g. 1e300 in float32) would give a NaN score, which no threshold
+        can judge: such rows are refused with a ValueError naming row and column."""
+        dtype = self.estimator_.compute_dtype if hasattr(self, "estimator_") else np.float32
+        with np.errstate(over="ignore", invalid="ignore"):
+            wide = self.scaler_.transform(X) if self.scaler_ is not None else np.asarray(X)
+            z = np.asarray(wide, dtype=dtype)
+        bad = ~np.isfinite(z)
+        if bad.any():
+            rows = np.flatnonzero(bad.any(1))
+            i, j = rows[0], int(np.flatnonzero(bad[rows[0]])[0])
+            raise ValueError(
+                f"{name}[{i}, {j}] = {float(np.asarray(X)[i, j]):g} is too large for the "
+                f"detector: standardized it is {float(wide[i, j]):.3g}, beyond the range of "
+                f"its {np.dtype(dtype)} model ({len(rows)} row(s) affected, first: "
+                f"{', '.join(map(str, rows[:5]))}).")
+        return z
+
     def _score(self, X) -> np.ndarray:
         """score_samples of a validated array X."""
-        z = self.scaler_.transform(X) if self.scaler_ is not None else X
-        z = np.asarray(z, dtype=self.estimator_.compute_dtype)
+        z = self._standardize(X)
         # A forward pass only (no gradient), run eagerly (no graph to trace per model) in
         # batches of one fixed shape: the last one is zero-padded, so that a row's score does
         # not depend on which other rows are scored with it (float32 matrix products round
@@ -414,7 +435,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                 chunk = np.concatenate([chunk, np.zeros((_SCORE_BATCH - m, z.shape[1]),
                                                         dtype=z.dtype)])
             f[i:i + m] = np.asarray(self.estimator_(tf.constant(chunk), training=False))[:m]
-        return f + self.log_density_shift_
+        return check_finite_results(f + self.log_density_shift_, "anomaly score")
 
     def decision_function(self, X) -> np.ndarray:
         """score_samples(X) − offset_: negative for outliers, [n]."""
@@ -460,7 +481,12 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path) -> "DDEAnomalyDetector":
-        """Read a detector written by `save` (Keras safe mode; no pickled code is run)."""
+        """Read a detector written by `save` (Keras safe mode; no pickled code is run).
+
+        Raises ValueError naming the file when it is missing, not a saved detector, or
+        damaged: unreadable JSON, a missing or ill-typed entry, a scaler or model whose
+        feature count differs from the detector's.
+        """
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"Detector file not found: {path}")
@@ -470,20 +496,32 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                 if _STATE_FILE not in names or _MODEL_FILE not in names:
                     raise ValueError(f"{path} is not a saved {cls.__name__} (it lacks "
                                      f"{_STATE_FILE} / {_MODEL_FILE}).")
-                state = json.loads(archive.read(_STATE_FILE).decode("utf-8"))
+                try:
+                    state = json.loads(archive.read(_STATE_FILE).decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as err:
+                    raise ValueError(f"{path} is damaged: its {_STATE_FILE} is not valid "
+                                     f"JSON ({err}).") from err
                 with tempfile.TemporaryDirectory() as tmpdir:
                     archive.extract(_MODEL_FILE, tmpdir)
-                    model = keras.saving.load_model(os.path.join(tmpdir, _MODEL_FILE),
-                                                    compile=False, safe_mode=True)
-        except zipfile.BadZipFile as err:
+                    keras_file = os.path.join(tmpdir, _MODEL_FILE)
+                    check_keras_archive(keras_file, f"{path}: its {_MODEL_FILE}")
+                    try:
+                        model = keras.saving.load_model(keras_file, compile=False,
+                                                        safe_mode=True)
+                    except Exception as err:  # corrupt archives, unknown classes, ...
+                        raise ValueError(f"{path} is damaged: its {_MODEL_FILE} does not "
+                                         f"load ({' '.join(str(err).split())})") from err
+        except (zipfile.BadZipFile, EOFError) as err:
             raise ValueError(f"{path} is not a saved {cls.__name__}: {err}") from err
-        if state.get("format") != _FORMAT or state.get("version") != _FORMAT_VERSION:
-            raise ValueError(f"{path} holds format {state.get('format')!r} version "
-                             f"{state.get('version')!r}; expected {_FORMAT!r} version "
-                             f"{_FORMAT_VERSION}.")
-        if not isinstance(model, EnergyModel):
-            raise ValueError(f"{path} holds a {type(model).__name__}, not a dde energy model.")
-        det = cls(**state["params"])
+        return cls._from_state(_checked_state(state, model, path), model, path)
+
+    @classmethod
+    def _from_state(cls, state, model, path) -> "DDEAnomalyDetector":
+        try:
+            det = cls(**state["params"])
+        except TypeError as err:
+            raise ValueError(f"{path} is damaged: its parameters do not fit "
+                             f"{cls.__name__} ({err}).") from err
         if state["estimator_given"]:
             det.estimator = model
         det.estimator_ = model
@@ -508,6 +546,62 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         det.history_ = state["history_"]
         det._set_shift()
         return det
+
+
+def _checked_state(state, model, path) -> dict:
+    """The detector state read from `path`, checked entry by entry (ValueError naming the
+    file and the entry), so that a damaged file never loads into a detector that scores
+    silently wrong."""
+    def damaged(problem):
+        return ValueError(f"{path} is damaged: {problem}.")
+
+    if not isinstance(state, dict):
+        raise damaged(f"its {_STATE_FILE} holds no object")
+    if state.get("format") != _FORMAT or state.get("version") != _FORMAT_VERSION:
+        raise ValueError(f"{path} holds format {state.get('format')!r} version "
+                         f"{state.get('version')!r}; expected {_FORMAT!r} version "
+                         f"{_FORMAT_VERSION}.")
+    if not isinstance(model, EnergyModel):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a dde energy model.")
+
+    def entry(key, ok, expected, container=state, where=""):
+        if key not in container:
+            raise damaged(f"{where}'{key}' is missing")
+        value = container[key]
+        if not ok(value):
+            raise damaged(f"{where}'{key}' must be {expected}, got {repr(value)[:60]}")
+        return value
+
+    def integer(low):
+        return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def finite(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    entry("params", lambda v: isinstance(v, dict), "an object")
+    entry("estimator_given", lambda v: isinstance(v, bool), "true or false")
+    d = entry("n_features_in_", integer(1), "a positive integer")
+    entry("feature_names_in_", lambda v: v is None or (
+        isinstance(v, list) and len(v) == d and all(isinstance(n, str) for n in v)),
+        f"null or a list of {d} names")
+    entry("offset_", finite, "a finite number")
+    entry("noise_std_", lambda v: finite(v) and v > 0, "a positive number")
+    entry("n_steps_", integer(0), "an integer ≥ 0")
+    entry("best_step_", integer(0), "an integer ≥ 0")
+    entry("history_", lambda v: isinstance(v, dict), "an object")
+    scaler = entry("scaler", lambda v: v is None or isinstance(v, dict), "null or an object")
+    if scaler is not None:
+        for key, ok, kind in (("mean_", lambda a: True, "finite"),
+                              ("var_", lambda a: a >= 0, "finite, ≥ 0"),
+                              ("scale_", lambda a: a > 0, "finite, > 0")):
+            entry(key, lambda v, ok=ok: isinstance(v, list) and len(v) == d
+                  and all(finite(a) and ok(a) for a in v),
+                  f"a list of {d} numbers ({kind})", scaler, "scaler ")
+        entry("n_samples_seen_", integer(1), "a positive integer", scaler, "scaler ")
+    if not model.built or model.input_dim != d:
+        raise damaged(f"its model takes {getattr(model, 'input_dim', 'an unknown number of')} "
+                      f"features, but the detector {d}")
+    return state
 
 
 def heldout_kde_bandwidth(z_fit, z_held=None, grid=None, rng=None, max_fit=5000,

@@ -30,6 +30,9 @@ from dde._validation import check_data, check_positive
 from dde.training import DSMModel, first_component, weighted_mean
 
 _INFERENCE_BATCH = 8192
+#: The largest |log Ẑ| stored. Beyond it float32 energies resolve log-densities f − log Ẑ
+#: only to 2⁻²⁴·|log Ẑ| > 0.06 nats, and such a value only arises from energies far off scale.
+MAX_ABS_LOG_Z = 1e6
 
 
 class EnergyModel(DSMModel):
@@ -246,7 +249,7 @@ class EnergyModel(DSMModel):
     def _check_query(self, x, name="x"):
         arr = check_data(x, name=name, n_features=self.input_dim if self.built else None,
                          owner=type(self).__name__, dtype=self.compute_dtype)
-        self.ensure_built(arr.shape[1])
+        self._build_for(arr.shape[1], name)
         return arr
 
     def _compiled_fn(self, key, fn):
@@ -299,6 +302,12 @@ class EnergyModel(DSMModel):
         NoiseConditionalDDE, the model's σ for a DenoisingDensityEstimator)."""
         if not np.isfinite(log_z):
             raise ValueError(f"log_z must be finite, got {log_z}.")
+        if abs(log_z) > MAX_ABS_LOG_Z:
+            raise ValueError(
+                f"log Ẑ = {log_z:.4g} is absurd (|log Ẑ| > {MAX_ABS_LOG_Z:g}): the energies "
+                "are far too large, e.g. for data far from unit scale, and in float32 they "
+                "would lose the precision of log-densities. Standardize the data and "
+                "retrain; the estimate is not stored.")
         sigma = self.resolve_noise_std(noise_std)
         self.log_z.assign(float(log_z))
         self.log_z_stderr.assign(float(stderr))
@@ -598,6 +607,7 @@ class NoiseStdSchedule(keras.callbacks.Callback):
     k counting the batches of this `fit` call, σ₀ the model's σ when training starts. The
     defaults (×0.9091 every 10,000 batches) are those used for DDEs on standardized UCI data;
     the final σ defines the density learned, and it is saved with the model.
+    `NoiseStdSchedule.annealing` builds a schedule that reaches a final σ within a step budget.
     """
 
     def __init__(self, factor: float = 0.9091, every_n_batches: int = 10_000,
@@ -609,6 +619,64 @@ class NoiseStdSchedule(keras.callbacks.Callback):
         self.factor = float(factor)
         self.every_n_batches = check_positive(every_n_batches, "every_n_batches", integer=True)
         self.min_noise_std = check_positive(min_noise_std, "min_noise_std")
+        #: Batches after which σ is min_noise_std exactly (set by `annealing`; None: never
+        #: forced, σ follows the formula).
+        self.final_batch = None
+        #: The batch budget the schedule was planned for (`annealing`).
+        self.anneal_steps = None
+
+    @classmethod
+    def annealing(cls, initial_noise_std: float, final_noise_std: float, total_steps: int,
+                  fraction: float = 0.6, factor: float = 0.8,
+                  every_n_batches: int | None = None) -> "NoiseStdSchedule":
+        """The geometric annealing recipe from σ₀ = `initial_noise_std` down to
+        `final_noise_std` over the first `fraction` of `total_steps` batches, for a model whose
+        σ is σ₀ when `fit` starts; σ is the final one from batch `final_batch` on, which is
+        guaranteed to lie within the budget (before its last batch).
+
+        σ decays by `factor` every ⌊fraction·total_steps / n⌋ batches, n = ⌈log(σ_final/σ₀) /
+        log factor⌉ decays. When the window has fewer batches than n, σ decays every batch by
+        the stronger factor (σ_final/σ₀)^(1/window) instead. `every_n_batches` fixes the
+        interval (and `fraction` is unused): a ValueError says so if σ_final would then not be
+        reached within `total_steps`. Raises ValueError for a budget of one batch (nothing to
+        anneal over) or σ_final > σ₀.
+        """
+        initial = check_positive(initial_noise_std, "initial_noise_std")
+        final = check_positive(final_noise_std, "final_noise_std")
+        total = check_positive(total_steps, "total_steps", integer=True)
+        check_positive(fraction, "fraction")
+        check_positive(factor, "factor")
+        if fraction > 1 or factor >= 1:
+            raise ValueError(f"fraction must be in (0, 1] and factor in (0, 1), got "
+                             f"{fraction} and {factor}.")
+        if final > initial:
+            raise ValueError(f"The final σ ({final}) must not exceed the initial σ "
+                             f"({initial}).")
+        ratio = final / initial
+        decays = math.ceil(math.log(ratio) / math.log(factor)) if ratio < 1 else 0
+        window = min(max(int(fraction * total), 1), total - 1)
+        if every_n_batches is not None:
+            every = check_positive(every_n_batches, "every_n_batches", integer=True)
+            if decays * every > total - 1:
+                raise ValueError(
+                    f"σ decaying by {factor} every {every} batches reaches {final} after "
+                    f"{decays * every} batches, but training has only {total}; decay at most "
+                    f"every {max((total - 1) // max(decays, 1), 1)} batches (or train "
+                    "longer).")
+        elif decays == 0:
+            every = 1
+        elif window < 1:
+            raise ValueError(f"Cannot anneal σ from {initial} to {final} in {total} training "
+                             "step: train for more steps, or start at the final σ.")
+        elif decays <= window:
+            every = window // decays
+        else:  # too short a window for this factor: one (stronger) decay per batch
+            every, decays = 1, window
+            factor = math.exp(math.log(ratio) / window)
+        schedule = cls(factor=min(factor, 1.0), every_n_batches=every, min_noise_std=final)
+        schedule.final_batch = decays * every
+        schedule.anneal_steps = window
+        return schedule
 
     def on_train_begin(self, logs=None):
         if not isinstance(self.model, DenoisingDensityEstimator):
@@ -619,6 +687,8 @@ class NoiseStdSchedule(keras.callbacks.Callback):
 
     def noise_std_at(self, batches: int) -> float:
         """σ after `batches` training batches."""
+        if self.final_batch is not None and batches >= self.final_batch:
+            return self.min_noise_std
         return max(self._sigma0 * self.factor ** (batches // self.every_n_batches),
                    min(self.min_noise_std, self._sigma0))
 

@@ -188,8 +188,11 @@ def plot_density(model_or_fn, bounds=DEFAULT_BOUNDS, resolution: int = 150, *,
         _scatter_data(axis, data, bounds)
     axis.set_title(title if title is not None else ("density" if kind == "density"
                                                      else "log-density"))
+    axis.set_xlabel("x₁")
+    axis.set_ylabel("x₂")
     if colorbar:
-        fig.colorbar(image, ax=axis, shrink=0.85)
+        fig.colorbar(image, ax=axis, shrink=0.85,
+                     label="density" if kind == "density" else "log-density")
     return fig
 
 
@@ -328,6 +331,8 @@ def plot_score_field(model_or_fn, bounds=DEFAULT_BOUNDS, resolution: int = 25, *
     axis.set_xlim(x0, x1)
     axis.set_ylim(y0, y1)
     axis.set_aspect("equal")
+    axis.set_xlabel("x₁")
+    axis.set_ylabel("x₂")
     axis.set_title(title if title is not None else "score ∇ₓf")
     return fig
 
@@ -419,7 +424,9 @@ def plot_training_curves(history, *, log_scale: bool = False, title: str | None 
     """Loss curves per epoch from a Keras `History` (or its `.history` dict): `loss`,
     `val_loss` and any other metric on the left axis; the noise level `noise_std` (σ in force,
     logged by DenoisingDensityEstimator) on a second, right-hand axis when present.
-    One Axes, two with σ.
+    One Axes, two with σ. The legend sits below the axes, off the curves. When σ changes
+    during the run, the default title says that the losses of different epochs belong to
+    different σ (the DSM loss's floor depends on σ), so a falling curve is not progress alone.
     """
     logs = getattr(history, "history", history)
     if not isinstance(logs, Mapping):
@@ -448,9 +455,13 @@ def plot_training_curves(history, *, log_scale: bool = False, title: str | None 
         right.set_ylim(0, max(float(np.max(sigma)) * 1.1, 1e-12))
         handles.append(line)
         names.append(line.get_label())
-    axis.legend(handles, names, frameon=False, fontsize="small")
+        if title is None and np.ptp(sigma) > 0:
+            title = ("DSM loss while σ decreases: epochs at different σ\n"
+                     "are not directly comparable (the loss's floor depends on σ)")
+    axis.legend(handles, names, frameon=False, fontsize="small", loc="upper center",
+                bbox_to_anchor=(0.5, -0.2), ncol=len(handles))
     if title:
-        axis.set_title(title)
+        axis.set_title(title, fontsize="medium")
     return fig
 
 

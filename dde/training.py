@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from dde._validation import check_data, random_seed
+from dde._validation import check_data, check_positive, random_seed
 
 
 def num_replicas() -> int:
@@ -42,6 +42,16 @@ def first_component(element_spec):
     if isinstance(element_spec, dict):
         raise TypeError("A tf.data.Dataset of dicts is not supported; yield x or (x,).")
     return element_spec
+
+
+def declared_input_dim(network):
+    """The feature count a Keras network declares for its (first) input, or None when it
+    declares none (a network built on first call)."""
+    try:
+        dim = network.inputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return None if dim is None else int(dim)
 
 
 def weighted_mean(per_example, sample_weight=None):
@@ -150,6 +160,15 @@ class DSMModel(keras.Model):
                          dtype=self.compute_dtype)
         return arr, arr.shape[1]
 
+    def _build_for(self, input_dim: int, name: str = "x"):
+        """Build the model for `input_dim` features, refusing a count the network does not
+        take with a plain message (Keras's own would carry terminal colour codes)."""
+        expected = declared_input_dim(self.network)
+        if not self.built and expected is not None and expected != input_dim:
+            raise ValueError(f"{name} has {input_dim} features, but {type(self).__name__} is "
+                             f"expecting {expected} features as input (its network's).")
+        self.ensure_built(input_dim)
+
     def _on_fit_data(self, x):
         """Hook called with the validated training data before `fit` trains."""
 
@@ -159,8 +178,12 @@ class DSMModel(keras.Model):
         `y` is ignored (the objective is unsupervised). Validation data (an array or a
         dataset) is scored with the same loss and fixed noise.
         """
+        given = {**dict(zip(("batch_size", "epochs"), args)), **kwargs}  # Keras' order
+        for key in ("batch_size", "epochs"):
+            if given.get(key) is not None:
+                check_positive(given[key], key, integer=True)
         x, d = self._check_fit_input(x, "x")
-        self.ensure_built(d)
+        self._build_for(d)
         if validation_data is not None:
             if isinstance(validation_data, tuple):
                 validation_data = (self._check_fit_input(validation_data[0],
@@ -180,6 +203,6 @@ class DSMModel(keras.Model):
         repeated calls on the same data give the same value."""
         if not kwargs.get("_use_cached_eval_dataset", False):
             x, d = self._check_fit_input(x, "x")
-            self.ensure_built(d)
+            self._build_for(d)
         self._eval_step.assign(0)
         return super().evaluate(x, y, *args, **kwargs)

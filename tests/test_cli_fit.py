@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from dde.cli import main
+from dde_cli import main
 
 
 def test_fit_default_dataset_writes_model_metrics_and_plots(tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_fit_bad_arguments_exit_2(tmp_path, capsys):
 
 
 def test_console_script_help():
-    result = subprocess.run([sys.executable, "-m", "dde.cli", "fit", "--help"],
+    result = subprocess.run([sys.executable, "-m", "dde_cli", "fit", "--help"],
                             capture_output=True, text=True, timeout=120,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dde
-from dde.cli import main
+from dde_cli import main
 
 
 def blobs(n, seed):

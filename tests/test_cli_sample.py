@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import dde
 from dde import _io
-from dde.cli import main
+from dde_cli import main
 
 MU = np.array([1.0, -1.0])
 

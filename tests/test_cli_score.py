@@ -1,13 +1,13 @@
 """Tests of `dde score` and of the detector training behind `dde fit --detector`
-(dde.cli.score.fit_detector), in temporary directories."""
+(dde_cli.score.fit_detector), in temporary directories."""
 import argparse
 
 import numpy as np
 import pytest
 
 from dde.anomaly import DDEAnomalyDetector
-from dde.cli import main
-from dde.cli import score as score_cli
+from dde_cli import main
+from dde_cli import score as score_cli
 
 TINY = dict(hidden_layers=1, width=16, max_steps=20, validation_interval=10, batch_size=64)
 

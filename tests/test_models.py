@@ -1,5 +1,7 @@
 """Tests of dde.models: DSM training, the NumPy API, schedules, serialization, bad input."""
+import functools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +13,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dde
 
@@ -175,6 +179,96 @@ def test_noise_schedule_decays_to_floor_and_is_saved(tmp_path):
     assert float(loaded.noise_std.numpy()) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="factor"):
         dde.NoiseStdSchedule(factor=1.5)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(initial=st.floats(0.01, 10.0), ratio=st.floats(1e-3, 1.0), total=st.integers(2, 5000),
+       fraction=st.floats(0.05, 1.0), factor=st.floats(0.3, 0.99))
+def test_annealing_recipe_reaches_the_final_sigma_within_the_budget(initial, ratio, total,
+                                                                     fraction, factor):
+    """Issue 14 (4): σ is the final one, exactly, from a batch before the budget's last one
+    on; it never rises and starts at σ₀. When the window holds all the decays of `factor`,
+    the recipe is the one the command line and the detector used before."""
+    final = initial * ratio
+    schedule = dde.NoiseStdSchedule.annealing(initial, final, total, fraction=fraction,
+                                              factor=factor)
+    model = _schedule_host()
+    model.noise_std.assign(initial)
+    schedule.set_model(model)
+    schedule.on_train_begin()
+    assert schedule.final_batch <= total - 1
+    sigmas = [schedule.noise_std_at(k) for k in range(min(total, schedule.final_batch + 3))]
+    assert sigmas[0] == pytest.approx(initial, rel=1e-6) or schedule.final_batch == 0
+    assert all(a >= b * (1 - 1e-6) for a, b in zip(sigmas, sigmas[1:]))  # (σ₀ is float32)
+    assert schedule.noise_std_at(schedule.final_batch) == final
+    assert schedule.noise_std_at(total - 1) == final
+    window = min(max(int(fraction * total), 1), total - 1)  # the last batch is at σ_final
+    decays = math.ceil(math.log(ratio) / math.log(factor)) if ratio < 1 else 0
+    if 0 < decays <= window:
+        assert schedule.factor == factor and schedule.every_n_batches == window // decays
+
+
+@functools.lru_cache(maxsize=1)
+def _schedule_host():
+    """One tiny DDE whose σ the schedule property test sets per example."""
+    return dde.DenoisingDensityEstimator(dde.nets.energy_mlp(1, depth=1, width=2))
+
+
+def test_annealing_recipe_errors():
+    with pytest.raises(ValueError, match="1 training step"):
+        dde.NoiseStdSchedule.annealing(0.5, 0.1, 1)
+    with pytest.raises(ValueError, match="only 8"):
+        dde.NoiseStdSchedule.annealing(0.5, 0.1, 8, every_n_batches=5)
+    with pytest.raises(ValueError, match="must not exceed"):
+        dde.NoiseStdSchedule.annealing(0.1, 0.5, 100)
+    with pytest.raises(ValueError, match="every_n_batches"):
+        dde.NoiseStdSchedule.annealing(0.5, 0.1, 100, every_n_batches=0)
+
+
+def test_short_fit_with_the_annealing_recipe_ends_at_the_final_sigma():
+    """8 batches: the old recipe (×0.8 every batch) stopped at σ ≈ 0.105 instead of 0.1."""
+    model = small_model(noise_std=0.5)
+    model.compile(optimizer="adam")
+    schedule = dde.NoiseStdSchedule.annealing(0.5, 0.1, 8, fraction=0.6, factor=0.8)
+    model.fit(gaussian_data(512, 3), epochs=1, batch_size=64, verbose=0, callbacks=[schedule])
+    assert float(model.noise_std.numpy()) == pytest.approx(0.1, rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=-1), "epochs must be"), (dict(epochs=0), "epochs must be"),
+    (dict(batch_size=0), "batch_size must be"), (dict(batch_size=-5), "batch_size must be"),
+    (dict(epochs=1.5), "epochs must be an integer"),
+])
+def test_fit_rejects_nonsense_epochs_and_batch_size(kwargs, message):
+    """Issue 14 (5): epochs=-1 trained nothing and batch_size=0 trained, silently."""
+    model = small_model()
+    before = [w.numpy().copy() for w in model.network.weights]
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.fit(gaussian_data(64, 4), verbose=0, **kwargs)
+    for w, b in zip(model.network.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+
+
+@pytest.mark.parametrize("entry", ["fit", "log_density", "evaluate"])
+def test_wrong_feature_count_on_an_unbuilt_model_has_a_plain_message(entry):
+    """Issue 14 (8): Keras's shape error leaked terminal colour codes."""
+    model = small_model(d=2)
+    assert not model.built
+    with pytest.raises(ValueError, match="x has 3 features, but DenoisingDensityEstimator is "
+                                         "expecting 2") as info:
+        method = getattr(model, entry)
+        method(np.zeros((4, 3), "float32"), **({} if entry == "log_density" else {"verbose": 0}))
+    assert "\x1b[" not in str(info.value)
+
+
+def test_absurd_log_partition_is_not_stored():
+    model = small_model()
+    model.log_density(np.zeros((1, 2), "float32"))
+    with pytest.raises(ValueError, match="absurd"):
+        model.set_log_partition(1.9e28)
+    assert not model.is_normalized
+    model.set_log_partition(-2.5e5)  # large but resolvable
+    assert model.is_normalized
 
 
 def test_network_with_flat_output_is_accepted():

@@ -141,6 +141,33 @@ def test_training_curves_from_history_and_dict(trained, tmp_path):
         plotting.plot_training_curves([1.0, 2.0])
 
 
+def test_training_curves_explain_a_changing_sigma_and_keep_the_legend_off_the_curves(tmp_path):
+    """Issue 14 polish: the legend covered the curves, and nothing said that the losses of
+    different epochs belong to different σ."""
+    logs = {"loss": [3.0, 2.0, 1.8, 1.7], "val_loss": [3.1, 2.2, 1.9, 1.8],
+            "noise_std": [0.5, 0.3, 0.1, 0.1]}
+    fig = plotting.plot_training_curves(logs)
+    title = fig.axes[0].get_title()
+    assert "σ" in title and "not directly comparable" in title
+    fig.canvas.draw()
+    legend = fig.axes[0].get_legend().get_window_extent()
+    assert legend.y1 <= fig.axes[0].get_window_extent().y0  # below the plotting area
+    fixed = plotting.plot_training_curves({**logs, "noise_std": [0.1] * 4})
+    assert fixed.axes[0].get_title() == ""  # σ constant: nothing to explain
+    _save(fig, tmp_path / "curves.png")
+
+
+def test_density_and_score_plots_have_axis_labels(trained):
+    model = trained[0]
+    for fig in (plotting.plot_density(model, resolution=20, colorbar=True),
+                plotting.plot_score_field(model, resolution=8)):
+        axis = fig.axes[0]
+        assert axis.get_xlabel() == "x₁" and axis.get_ylabel() == "x₂"
+    assert fig.axes[0].get_title()
+    colorbar = plotting.plot_density(model, resolution=20, colorbar=True).axes[1]
+    assert colorbar.get_ylabel() == "density"
+
+
 def test_denoiser_arrows_end_at_the_denoised_points(trained, tmp_path):
     noisy = toy.sample("8gaussians", 50, 3) + 0.3 * np.random.default_rng(0).normal(
         size=(50, 2)).astype(np.float32)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_probability as tfp
 
 from dde._registry import Registry
-from dde._validation import check_data, check_positive, sanitize_seed
+from dde._validation import check_data, check_finite_results, check_positive, sanitize_seed
 from dde.partition.ais import annealed_importance_sampling
 from dde.partition.importance import importance_sampling
 from dde.partition.proposals import event_size, make_proposal, proposal_option_names
@@ -236,10 +236,8 @@ def average_log_likelihood(model, x_test, noise_std: float | None = None,
     x = check_data(x_test, name="x_test", n_features=input_dim_of(model),
                    owner=type(model).__name__, dtype=np.float32)
     # f(x) − log Ẑ at the σ log Ẑ was estimated at (log_prob checks it)
-    f = model.log_prob(x, noise_std=noise_std, batch_size=batch_size)
-    if not np.isfinite(f).all():
-        raise ValueError(f"The model's log-density is not finite at "
-                         f"{int((~np.isfinite(f)).sum())} test points.")
+    f = check_finite_results(model.log_prob(x, noise_std=noise_std, batch_size=batch_size),
+                             "model's log-density")
     log_z = float(model.log_z.numpy())
     se_z = float(model.log_z_stderr.numpy())
     n = len(f)

@@ -6,8 +6,10 @@
 The proposal is fitted to the training data (--proposal gaussian | student_t | gmm |
 smoothed), or AIS (--method ais) anneals from it to the model. Prints
 log Ẑ ± 2·SE and the effective sample size; writes the normalized model (in place unless --out)
-and a JSON file with the estimate (default: beside the model, `<name>.normalize.json`). Every
-file is written atomically; bad input stops the run before anything is written.
+and a JSON file with the estimate (default: beside the model, `<name>.normalize.json`). Both
+files are written together at the end, the model last, so that on any error (bad input, an
+unwritable output, a non-finite or absurd log Ẑ) nothing is written, the input model is
+unchanged and the exit status is 2. A model updated in place keeps its file permissions.
 """
 from __future__ import annotations
 
@@ -37,8 +39,7 @@ def add_parser(subparsers) -> None:
                    help="components of the gmm proposal (default: 8)")
     p.add_argument("--proposal-scale", type=float, default=1.0,
                    help="inflate the gaussian/student_t/gmm proposal's standard deviations by "
-                        "this "
-                        "factor (default: 1.0)")
+                        "this factor (default: 1.0)")
     p.add_argument("--smoothing-std", type=float, default=None,
                    help="σ of the smoothed proposal (default: the model's σ)")
     p.add_argument("--noise-std", type=float, default=None,
@@ -71,40 +72,10 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def load_model(path):
-    """Load a saved dde EnergyModel from a .keras file; ValueError if it is not one."""
-    import keras
-
-    import dde  # noqa: F401  (registers the dde classes)
-    from dde.models import EnergyModel
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"Model file not found: {path}")
-    if path.suffix != ".keras":
-        raise ValueError(f"Expected a .keras model file, got {path}.")
-    try:
-        model = keras.saving.load_model(path)
-    except Exception as err:  # corrupt archives, unknown classes, ...
-        raise ValueError(f"Could not load the model {path}: {err}") from err
-    if not isinstance(model, EnergyModel):
-        raise ValueError(f"{path} holds a {type(model).__name__}, not a dde energy model.")
-    return model
-
-
-def read_data(path, model):
-    """The data file as a validated float32 array with the model's feature count."""
-    from dde._io import read_array
-    from dde._validation import check_data
-
-    return check_data(read_array(path), name=f"data file {path}",
-                      n_features=model.input_dim if model.built else None,
-                      owner="the model", allow_1d_as_column=True)
-
-
 def run(args) -> int:
     from dde import _io
     from dde._validation import check_positive
+    from dde_cli._common import check_paths, check_seed, load_model, read_data
 
     for name in ("num_samples", "batch_size"):
         if getattr(args, name) is not None:
@@ -113,13 +84,22 @@ def run(args) -> int:
     check_positive(args.n_components, "--n-components", integer=True)
     check_positive(args.num_leapfrog_steps, "--num-leapfrog-steps", integer=True)
     check_positive(args.proposal_scale, "--proposal-scale")
+    check_positive(args.min_ess, "--min-ess", allow_zero=True)
+    check_positive(args.df, "--df")
+    if args.df <= 2:
+        raise ValueError(f"--df must be > 2 (a finite covariance), got {args.df}.")
+    if args.smoothing_std is not None:
+        check_positive(args.smoothing_std, "--smoothing-std")
+    check_seed(args.seed)
     out = Path(args.out) if args.out is not None else Path(args.model)
     if out.suffix != ".keras":
         raise ValueError(f"--out must end in .keras, got {out}.")
     json_path = Path(args.json) if args.json else out.with_name(out.stem + ".normalize.json")
+    check_paths({"--model": args.model, "--data": args.data},
+                files={"--out": out, "--json": json_path}, replaces={"--out": "--model"})
 
     model = load_model(args.model)
-    x = read_data(args.data, model)
+    x = read_data(args.data, model=model)
     options = dict(progress=not args.quiet, min_ess=args.min_ess,
                    on_low_ess="raise" if args.refuse_low_ess else "warn")
     if args.method == "ais":
@@ -139,8 +119,10 @@ def run(args) -> int:
 
     record = {"model": str(args.model), "output_model": str(out), "data": str(args.data),
               "num_data_points": int(len(x)), "seconds": seconds, **result.as_dict()}
-    _io.save_keras(model, out)
-    _io.write_json(json_path, record)
+    # Both files or neither; the model last, as it may replace the input model.
+    with _io.atomic_files([json_path, out], suffixes=[None, ".keras"]) as (tmp_json, tmp_model):
+        _io.write_json(tmp_json, record)
+        _io.save_keras(model, tmp_model)
     print(result)
     print(f"ESS / M = {result.ess_fraction:.3g}; {result.num_evaluations:,} density "
           f"evaluations in {seconds:.1f} s")

@@ -5,7 +5,8 @@
 
 Prints the average log-likelihood `mean_j f(x_j) − log Ẑ` as mean ± 2·SE, where SE combines
 the spread of f over the data with the standard error of log Ẑ. A model that was never
-normalized is an error (exit status 2).
+normalized is an error (exit status 2), and so is a data row whose log-density is not finite
+(the message names the rows); nothing is written then.
 """
 from __future__ import annotations
 
@@ -35,15 +36,16 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from dde import _io
     from dde._validation import check_positive
-    from dde.cli.normalize import load_model, read_data
     from dde.partition import average_log_likelihood
+    from dde_cli._common import check_paths, load_model, read_data
 
     check_positive(args.batch_size, "--batch-size", integer=True)
+    check_paths({"--model": args.model, "--data": args.data}, files={"--json": args.json})
     model = load_model(args.model)
     if not model.is_normalized:
         raise ValueError(f"The model {args.model} is not normalized: run `dde normalize "
                          f"--model {args.model} --data TRAIN` first.")
-    x = read_data(args.data, model)
+    x = read_data(args.data, model=model)
     result = average_log_likelihood(model, x, noise_std=args.noise_std,
                                     batch_size=args.batch_size)
     print(f"average log-likelihood: {result} over n = {result.n:,} points "

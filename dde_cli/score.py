@@ -1,16 +1,5 @@
-"""`dde score`: anomaly scores of new rows with a saved `DDEAnomalyDetector`.
-
-    dde fit --detector --data train.csv --out runs/det     # writes runs/det/detector.zip
-    dde score --model runs/det/detector.zip --data new.csv --out scores.csv
-
-Writes a CSV with one row per input row and the columns `score` (log-density in the original
-units, higher = more normal), `decision` (score − the detector's threshold) and `label`
-(+1 inlier, −1 outlier). Data: .csv (an optional header row of names), .npy or .npz (array X).
-A file whose number of columns differs from the training data's is refused. On any error the
-exit status is 2 and nothing is written.
-
-This module also trains detectors for `dde fit --detector` (`add_detector_arguments`,
-`fit_detector`).
+"""`dde score` (anomaly scores of new rows with a saved `DDEAnomalyDetector`), and the
+detector training behind `dde fit --detector` (`add_detector_arguments`, `fit_detector`).
 """
 from __future__ import annotations
 
@@ -20,15 +9,27 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 DETECTOR_FILE = "detector.zip"
+
+DESCRIPTION = """\
+Anomaly scores of new rows with a saved anomaly detector.
+
+    dde fit --detector --data train.csv --out runs/det     # writes runs/det/detector.zip
+    dde score --model runs/det/detector.zip --data new.csv --out scores.csv
+
+Writes a CSV with one row per input row and the columns `score` (log-density in the original
+units, higher = more normal), `decision` (score − the detector's threshold) and `label`
+(+1 inlier, −1 outlier). Data: .csv (an optional header row of names), .npy or .npz (array X).
+A file whose number of columns (or header names) differs from the training data's is refused,
+and so is a row the detector cannot score (e.g. a value too large for its float32 model). On
+any error the exit status is 2 and nothing is written.
+"""
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "score", help="anomaly scores and ±1 labels of new rows with a saved detector",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, metavar="FILE",
                    help=f"a saved detector (the {DETECTOR_FILE} written by `dde fit "
                         "--detector` or DDEAnomalyDetector.save)")
@@ -53,35 +54,35 @@ def _csv_header(path: Path):
 
 
 def run(args) -> int:
-    from dde._io import read_array, write_text
-    from dde.anomaly import DDEAnomalyDetector
+    from dde_cli._common import check_paths
 
     model_path, data_path, out = Path(args.model), Path(args.data), Path(args.out)
-    for src in (model_path, data_path):
-        if out.resolve() == src.resolve():
-            raise ValueError(f"--out {out} would overwrite the input file {src}.")
-    if out.exists() and out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file name.")
+    check_paths({"--model": model_path, "--data": data_path}, files={"--out": out})
+
+    from dde._io import write_text
+    from dde.anomaly import DDEAnomalyDetector
+    from dde_cli._common import read_data
+
     detector = DDEAnomalyDetector.load(model_path)
-    x = read_array(data_path)
+    # float64, as the detector standardizes before its float32 model (which it checks)
+    x = read_data(data_path, dtype="float64", allow_1d_as_column=False)
     header = _csv_header(data_path)
     names = getattr(detector, "feature_names_in_", None)
     if header is not None and names is not None and len(header) == len(names) \
             and list(header) != [str(n) for n in names]:
         raise ValueError(f"{data_path}: the column names {header} differ from the detector's "
                          f"training features {list(map(str, names))}.")
-    x = np.asarray(x)
-    if x.ndim == 2 and x.shape[1] != detector.n_features_in_:
+    if x.shape[1] != detector.n_features_in_:
         raise ValueError(f"{data_path} has {x.shape[1]} columns, but the detector was trained "
                          f"on {detector.n_features_in_} features.")
     try:
         with warnings.catch_warnings():  # plain arrays carry no feature names
             warnings.filterwarnings("ignore", message=".*does not have valid feature names")
             scores = detector.score_samples(x)
+            decision = detector.decision_function(x)
+            labels = detector.predict(x)
     except ValueError as err:
         raise ValueError(f"{data_path}: {err}") from err
-    decision = scores - detector.offset_
-    labels = np.where(decision < 0, -1, 1)
     lines = ["score,decision,label"]
     lines += [f"{s:.17g},{d:.17g},{lab:d}" for s, d, lab in zip(scores, decision, labels)]
     write_text(out, "\n".join(lines) + "\n")
@@ -143,10 +144,13 @@ def detector_from_args(args):
     return DDEAnomalyDetector(**params)
 
 
-def fit_detector(args, x) -> dict:
+def fit_detector(args, x, folder=None) -> dict:
     """Train a detector on the rows x ([n, d], all training rows: the detector holds out its
     own validation fraction) with the options in `args`, save it atomically to
-    `<args.out>/detector.zip` and return a dict of metrics (JSON-serializable)."""
+    `<folder>/detector.zip` (default folder: args.out; `dde fit` passes the folder it builds
+    to replace args.out) and return a dict of metrics (JSON-serializable)."""
+    import numpy as np
+
     detector = detector_from_args(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -155,7 +159,7 @@ def fit_detector(args, x) -> dict:
     detector.fit(x)
     seconds = time.perf_counter() - start
     path = out / DETECTOR_FILE
-    detector.save(path)
+    detector.save((out if folder is None else Path(folder)) / DETECTOR_FILE)
     flagged = float(np.mean(detector.predict(x) == -1))
     val_losses = {k: (v if math.isfinite(v) else None)
                   for k, v in detector.activation_val_losses_.items()}

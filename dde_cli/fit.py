@@ -5,19 +5,20 @@
     dde fit --data mydata.csv --epochs 200 --noise-std 0.2 --out runs/mine
 
 σ starts at --initial-noise-std and decays geometrically to --noise-std, the level whose
-smoothed density the model learns; the learning rate follows a cosine decay.
+smoothed density the model learns, within the first 60 % of the batches (faster when the run
+is short); the learning rate follows a cosine decay.
 
-Writes into OUT: `model.keras`, `metrics.json` (final losses, σ, training time, data set, ...),
-`training_curves.png`, and for 2-D data `density.png` and `score_field.png`. Every file is
-written atomically; bad input stops the run before anything is written.
+Writes the folder OUT: `model.keras`, `metrics.json` (final losses, σ reached, training time,
+data set, ...), `training_curves.png`, and for 2-D data `density.png` and `score_field.png`
+(1-D: `density.png`). OUT is written as a whole at the end and replaces a folder left there
+by an earlier run, so it always holds the files of one run; a folder holding other files is
+refused. Bad input or an unwritable OUT stops the run before training (exit status 2).
 """
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
-
-import numpy as np
 
 DEFAULT_DATASET = "8gaussians"
 
@@ -35,7 +36,8 @@ def add_parser(subparsers) -> None:
     src.add_argument("--data", default=None, metavar="FILE",
                      help="your own data: .npy, .npz (array X) or .csv (rows = samples)")
     p.add_argument("--out", default="runs/demo", metavar="DIR",
-                   help="output directory (default: runs/demo)")
+                   help="output folder, replaced as a whole by this run's files "
+                        "(default: runs/demo)")
     p.add_argument("--num-samples", type=int, default=20_000,
                    help="training points drawn from a toy set (default: 20000)")
     p.add_argument("--validation-split", type=float, default=None,
@@ -55,13 +57,15 @@ def add_parser(subparsers) -> None:
                         "model learns the data density smoothed by N(0, σ²I)")
     p.add_argument("--initial-noise-std", type=float, default=0.5,
                    help="σ at the start of training (default: 0.5); σ decays geometrically "
-                        "(NoiseStdSchedule) down to --noise-std, which it reaches after about "
-                        "60%% of the batches. Equal to --noise-std: a fixed σ")
+                        "down to --noise-std, which it reaches within the first 60%% of the "
+                        "batches. Equal to --noise-std: a fixed σ")
     p.add_argument("--decay-factor", type=float, default=0.8,
-                   help="factor of each σ decay step (default: 0.8)")
+                   help="factor of each σ decay step (default: 0.8; a run too short for "
+                        "it decays every batch by a stronger factor)")
     p.add_argument("--decay-every", type=int, default=None,
                    help="batches between σ decay steps (default: chosen so that σ reaches "
-                        "--noise-std after about 60%% of the batches)")
+                        "--noise-std within the first 60%% of the batches); refused when σ "
+                        "would not reach --noise-std before the run ends")
     p.add_argument("--depth", type=int, default=None, help="hidden layers (default: 3)")
     p.add_argument("--width", type=int, default=None, help="hidden units (default: 128)")
     p.add_argument("--activation", default=None,
@@ -74,7 +78,7 @@ def add_parser(subparsers) -> None:
                    help="train a DDEAnomalyDetector (standardization, σ choice and threshold "
                         "inside) on all training rows instead, and write OUT/detector.zip and "
                         "metrics.json; score new rows with `dde score`")
-    from dde.cli.score import add_detector_arguments
+    from dde_cli.score import add_detector_arguments
 
     add_detector_arguments(p)
     p.set_defaults(run=run)
@@ -87,36 +91,29 @@ _DENSITY_DEFAULTS = {"depth": 3, "width": 128, "activation": "softplus", "batch_
 
 def load_training_data(args):
     """(x_train, x_val, name) for the data source the arguments name. Raises ValueError."""
-    from dde._io import read_array
-    from dde._validation import check_data, check_positive
+    from dde_cli._common import read_data
 
     fraction = (_DENSITY_DEFAULTS["validation_split"] if args.validation_split is None
                 else args.validation_split)
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"--validation-split must be in [0, 1), got {fraction}.")
     if args.data is not None:
-        x = check_data(read_array(args.data), name=f"data file {args.data}",
-                       allow_1d_as_column=True)
+        x = read_data(args.data)
         return (*_split(x, fraction, args.seed), str(args.data))
     name = args.dataset or DEFAULT_DATASET
     from dde import datasets
     from dde.datasets import toy
 
     if name in toy.NAMES:
-        check_positive(args.num_samples, "--num-samples", integer=True)
         x = toy.sample(name, args.num_samples, seed=args.seed)
         return (*_split(x, fraction, args.seed), name)
     splits = datasets.load_splits(name)
     return splits.train, splits.validation, name
 
 
-def _decay_every(initial, final, factor, total_steps, fraction=0.6):
-    """Batches between σ decays so that σ reaches `final` after `fraction` of the steps."""
-    decays = int(np.ceil(np.log(final / initial) / np.log(factor)))
-    return max(1, int(fraction * total_steps / max(decays, 1)))
-
-
 def _split(x, fraction, seed):
+    import numpy as np
+
     n_val = int(round(len(x) * fraction))
     if n_val == 0:
         return x, None
@@ -126,60 +123,82 @@ def _split(x, fraction, seed):
     return x[perm[n_val:]], x[perm[:n_val]]
 
 
-def run(args) -> int:
+def _check_args(args) -> None:
+    """Refuse nonsensical options (before any data is read)."""
     from dde._validation import check_positive
+    from dde_cli._common import check_seed
 
-    if not args.detector:  # a detector has its own defaults: it gets only the options given
-        args = argparse.Namespace(**{**vars(args), **{
-            k: v for k, v in _DENSITY_DEFAULTS.items() if getattr(args, k) is None}})
-    for flag in ("epochs", "batch_size", "depth", "width"):
+    for flag in ("epochs", "batch_size", "depth", "width", "decay_every", "num_samples"):
         if getattr(args, flag) is not None:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True)
     for flag in ("learning_rate", "noise_std", "initial_noise_std", "decay_factor"):
         if getattr(args, flag) is not None:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_seed(args.seed)
     if args.initial_noise_std < args.noise_std:
         raise ValueError(f"--initial-noise-std ({args.initial_noise_std}) must be at least "
                          f"--noise-std ({args.noise_std}).")
     if args.decay_factor >= 1 and args.initial_noise_std > args.noise_std:
         raise ValueError(f"--decay-factor must be < 1 to decay σ, got {args.decay_factor}.")
+
+
+def noise_schedule(args, total_steps: int):
+    """The σ annealing of a run of `total_steps` batches (None for a fixed σ): the library's
+    recipe (`NoiseStdSchedule.annealing`), which reaches --noise-std within the run."""
+    from dde.models import NoiseStdSchedule
+
+    if args.initial_noise_std == args.noise_std:
+        return None
+    try:
+        return NoiseStdSchedule.annealing(args.initial_noise_std, args.noise_std, total_steps,
+                                          fraction=0.6, factor=args.decay_factor,
+                                          every_n_batches=args.decay_every)
+    except ValueError as err:
+        raise ValueError(f"σ schedule (--initial-noise-std, --noise-std, --decay-factor, "
+                         f"--decay-every, --epochs): {err}") from None
+
+
+def run(args) -> int:
+    from dde_cli._common import check_paths
+
+    if not args.detector:  # a detector has its own defaults: it gets only the options given
+        args = argparse.Namespace(**{**vars(args), **{
+            k: v for k, v in _DENSITY_DEFAULTS.items() if getattr(args, k) is None}})
+    _check_args(args)
+    check_paths({"--data": args.data}, folders={"--out": args.out})
     x_train, x_val, data_name = load_training_data(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory.")
     if args.detector:
-        return _run_detector(args, x_train, x_val, data_name, out)
+        return _run_detector(args, x_train, x_val, data_name, Path(args.out))
 
     import keras
+    import numpy as np
 
     import dde
     from dde import _io
 
     keras.utils.set_random_seed(args.seed)
     d = x_train.shape[1]
+    total_steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
+    schedule = noise_schedule(args, total_steps)
     network = dde.nets.energy_mlp(d, depth=args.depth, width=args.width,
                                   activation=args.activation)
     model = dde.DenoisingDensityEstimator(network, noise_std=args.initial_noise_std,
                                           seed=args.seed)
-    total_steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
     learning_rate = args.learning_rate
     if args.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, total_steps)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    callbacks = []
-    if args.initial_noise_std > args.noise_std:
-        callbacks.append(dde.NoiseStdSchedule(
-            factor=args.decay_factor, min_noise_std=args.noise_std,
-            every_n_batches=args.decay_every or _decay_every(
-                args.initial_noise_std, args.noise_std, args.decay_factor, total_steps)))
     print(f"dde fit: {data_name}: {len(x_train)} training points, d = {d}"
           + (f", {len(x_val)} validation points" if x_val is not None else ""))
     start = time.perf_counter()
     history = model.fit(x_train, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(x_val,) if x_val is not None else None,
-                        callbacks=callbacks, verbose=0 if args.quiet else 2)
+                        callbacks=[schedule] if schedule is not None else [],
+                        verbose=0 if args.quiet else 2)
     seconds = time.perf_counter() - start
+    _check_training(history, model, x_train)
 
+    final_sigma = float(model.noise_std.numpy())
     metrics = {
         "data": data_name,
         "n_train": int(len(x_train)),
@@ -191,7 +210,13 @@ def run(args) -> int:
         "network": {"depth": args.depth, "width": args.width, "activation": args.activation},
         "initial_noise_std": args.initial_noise_std,
         "learning_rate_schedule": args.lr_schedule,
-        "noise_std": float(model.noise_std.numpy()),
+        # σ of the saved model, the σ asked for and whether the schedule reached it
+        "noise_std": final_sigma,
+        "requested_noise_std": args.noise_std,
+        "noise_std_reached": bool(np.isclose(final_sigma, args.noise_std, rtol=1e-6)),
+        "noise_schedule": None if schedule is None else {
+            "factor": schedule.factor, "every_n_batches": schedule.every_n_batches,
+            "final_from_batch": schedule.final_batch, "total_batches": total_steps},
         "final_loss": float(history.history["loss"][-1]),
         "final_val_loss": (float(history.history["val_loss"][-1])
                            if "val_loss" in history.history else None),
@@ -199,26 +224,62 @@ def run(args) -> int:
         "training_seconds": seconds,
         "seed": args.seed,
     }
-    _io.save_keras(model, out / "model.keras")
-    _io.write_json(out / "metrics.json", metrics)
-    _write_plots(model, history, x_train, out)
+    with _io.replaced_folder(args.out) as folder:
+        _io.save_keras(model, folder / "model.keras")
+        _io.write_json(folder / "metrics.json", metrics)
+        _write_plots(model, history, x_train, folder)
     print(f"dde fit: final loss {metrics['final_loss']:.4f}"
           + (f", validation loss {metrics['final_val_loss']:.4f}"
              if metrics["final_val_loss"] is not None else "")
-          + f", σ = {metrics['noise_std']:.4g}, {seconds:.1f} s; wrote {out}/")
+          + f", σ = {final_sigma:.4g}, {seconds:.1f} s; wrote {args.out}/")
     return 0
+
+
+def _check_training(history, model, x_train) -> None:
+    """A run whose losses or energies are not finite, or whose energies are absurd (beyond
+    what float32 log-densities resolve, as for data far from unit scale), is an error:
+    nothing of it is written."""
+    import numpy as np
+
+    from dde._validation import check_finite_results
+    from dde.models import MAX_ABS_LOG_Z
+
+    for key, values in history.history.items():
+        bad = [i + 1 for i, v in enumerate(values) if not np.isfinite(v)]
+        if bad:
+            raise ValueError(f"Training diverged: {key} is not finite at epoch {bad[0]} (data "
+                             "far from unit scale? standardize it or lower --learning-rate).")
+    f = check_finite_results(model.log_density(x_train), "learned log-density of the "
+                                                         "training data")
+    if np.abs(f).max() > MAX_ABS_LOG_Z:
+        raise ValueError(f"The learned log-density reaches |f| = {np.abs(f).max():.3g} on the "
+                         f"training data (> {MAX_ABS_LOG_Z:g}, where float32 no longer "
+                         "resolves log-densities): the data are far from unit scale "
+                         f"(|x| up to {np.abs(x_train).max():.3g}); standardize them.")
 
 
 def _run_detector(args, x_train, x_val, data_name, out: Path) -> int:
+    import numpy as np
+
     from dde import _io
-    from dde.cli.score import fit_detector
+    from dde_cli.score import fit_detector
 
     x = x_train if x_val is None else np.concatenate([x_train, x_val])
     print(f"dde fit --detector: {data_name}: {len(x)} rows, d = {x.shape[1]}")
-    metrics = {"data": data_name, **fit_detector(args, x)}
-    _io.write_json(out / "metrics.json", metrics)
+    with _io.replaced_folder(out) as folder:
+        metrics = {"data": data_name, **fit_detector(args, x, folder=folder)}
+        _io.write_json(folder / "metrics.json", metrics)
     print(f"dde fit --detector: wrote {out}/detector.zip and metrics.json")
     return 0
+
+
+def _plot_bounds(x):
+    """Plot window around data x [n, d]: its range padded by 15 % (never empty)."""
+    import numpy as np
+
+    lo, hi = x.min(0).astype(np.float64), x.max(0).astype(np.float64)
+    pad = np.maximum(0.15 * (hi - lo), 1e-3 * np.maximum(1.0, np.abs(lo) + np.abs(hi)))
+    return [(float(a), float(b)) for a, b in zip(lo - pad, hi + pad)]
 
 
 def _write_plots(model, history, x_train, out: Path) -> None:
@@ -227,17 +288,21 @@ def _write_plots(model, history, x_train, out: Path) -> None:
     matplotlib.use("Agg", force=False)
     from dde import _io, plotting
 
+    sigma = float(model.noise_std.numpy())
+    title = f"un-normalized density exp f(x)\n(log Ẑ not estimated), σ = {sigma:.3g}"
     figures = {"training_curves.png": plotting.plot_training_curves(history)}
     if x_train.shape[1] == 2:
-        lo, hi = x_train.min(0), x_train.max(0)
-        pad = 0.15 * (hi - lo)
-        bounds = ((lo[0] - pad[0], hi[0] + pad[0]), (lo[1] - pad[1], hi[1] + pad[1]))
-        figures["density.png"] = plotting.plot_density(model, bounds=bounds, data=x_train)
-        figures["score_field.png"] = plotting.plot_score_field(model, bounds=bounds)
+        bounds = _plot_bounds(x_train)
+        fig = plotting.plot_density(model, bounds=bounds, data=x_train, normalize=False,
+                                    colorbar=True, title=title)
+        fig.axes[1].set_ylabel("exp(f(x) − max f)")
+        figures["density.png"] = fig
+        figures["score_field.png"] = plotting.plot_score_field(
+            model, bounds=bounds, title=f"score ∇ₓf(x), σ = {sigma:.3g}")
     elif x_train.shape[1] == 1:
-        lo, hi = float(x_train.min()), float(x_train.max())
-        pad = 0.15 * (hi - lo) + 1e-3
-        figures["density.png"] = plotting.plot_density_1d(model, bounds=(lo - pad, hi + pad),
-                                                          data=x_train)
+        figures["density.png"] = plotting.plot_density_1d(
+            model, bounds=_plot_bounds(x_train)[0], data=x_train,
+            title=f"density exp f(x), normalized over this window\n(log Ẑ not estimated), "
+                  f"σ = {sigma:.3g}")
     for name, fig in figures.items():
         _io.save_figure(fig, out / name, dpi=90)

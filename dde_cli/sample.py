@@ -10,8 +10,9 @@ sigma_max to sigma_min, --steps split evenly over them). The step size h is that
 x ← x + h∇f(x) + sqrt(2h)ξ; by default 0.1σ² (ula), σ² before adaptation (mala), 0.05σ_L²
 (annealed). Chains start from a Gaussian matched to the training data (or from the rows of
 --init). Writes the samples [n, d] as .npy and, for 2-D models, an optional scatter plot.
-Chains that diverge (NaN/inf) are dropped with a warning and counted in the summary. Every
-file is written atomically; bad input stops the run before anything is written (exit 2).
+Chains that diverge (NaN/inf) are dropped with a warning and counted in the summary (all
+diverged: an error). The outputs are written together at the end, both or neither; bad input
+or an unwritable output path stops the run before sampling (exit status 2).
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def add_parser(subparsers) -> None:
 
 def _check_args(args):
     from dde._validation import check_positive
+    from dde_cli._common import check_paths, check_seed
 
     check_positive(args.n, "-n", integer=True)
     check_positive(args.steps, "--steps", integer=True)
@@ -71,16 +73,15 @@ def _check_args(args):
         check_positive(args.burnin, "--burnin", integer=True, allow_zero=True)
     if not 0 < args.target_accept < 1:
         raise ValueError(f"--target-accept must be in (0, 1), got {args.target_accept}.")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be ≥ 0, got {args.seed}.")
+    check_seed(args.seed)
     out = Path(args.out)
     if out.suffix != ".npy":
         raise ValueError(f"--out must be a .npy file, got {out}.")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory.")
     if args.plot is not None and Path(args.plot).suffix.lower() not in PLOT_SUFFIXES:
         raise ValueError(f"--plot must end in one of {', '.join(PLOT_SUFFIXES)}, got "
                          f"{args.plot}.")
+    check_paths({"--model": args.model, "--init": args.init},
+                files={"--out": args.out, "--plot": args.plot})
 
 
 def _sampler_options(args):
@@ -97,13 +98,13 @@ def _sampler_options(args):
 
 
 def run(args) -> int:
+    _check_args(args)
     import numpy as np
 
     from dde import _io
-    from dde.cli.normalize import load_model
     from dde.models import NoiseConditionalDDE
+    from dde_cli._common import load_model, read_data
 
-    _check_args(args)
     model = load_model(args.model)
     if args.method == "annealed" and not isinstance(model, NoiseConditionalDDE):
         raise ValueError(f"--method annealed needs a NoiseConditionalDDE; {args.model} holds "
@@ -111,12 +112,7 @@ def run(args) -> int:
     d = model.input_dim if model.built else None
     if args.plot is not None and d != 2:
         raise ValueError(f"--plot draws 2-D samples; this model has {d} dimensions.")
-    init = None
-    if args.init is not None:
-        from dde._validation import check_data
-
-        init = check_data(_io.read_array(args.init), name=f"init file {args.init}",
-                          n_features=d, owner="the model", allow_1d_as_column=True)
+    init = read_data(args.init, "init", model) if args.init is not None else None
 
     start = time.perf_counter()
     results = model.sample(args.n, method=args.method, init=init, num_steps=args.steps,
@@ -125,14 +121,14 @@ def run(args) -> int:
     seconds = time.perf_counter() - start
     samples = np.asarray(results.samples, dtype=np.float32)
 
-    fig = None
-    if args.plot is not None:
-        from dde.plotting import plot_samples
+    outputs = [args.out] + ([args.plot] if args.plot is not None else [])
+    with _io.atomic_files(outputs) as temps:  # both files or neither
+        _io.save_npy(temps[0], samples)
+        if args.plot is not None:
+            from dde.plotting import plot_samples
 
-        fig = plot_samples(samples, title=f"{args.method}: {len(samples)} samples")
-    _io.save_npy(args.out, samples)
-    if fig is not None:
-        _io.save_figure(fig, args.plot, dpi=120)
+            fig = plot_samples(samples, title=f"{args.method}: {len(samples)} samples")
+            _io.save_figure(fig, temps[1], dpi=120)
 
     summary = (f"dde sample: {len(samples)} samples ({args.method}, {args.steps} steps, "
                f"h = {results.step_size:.3g}) in {seconds:.1f} s → {args.out}")

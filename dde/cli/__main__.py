@@ -1,5 +1,0 @@
-import sys
-
-from dde.cli import main
-
-sys.exit(main())
