@@ -19,6 +19,31 @@ RUN_MODELS = ("model.keras", "detector.zip")
 TEMP_PREFIX = ".dde-tmp-"
 
 
+class RegistryChoices:
+    """The names of one of the library's registries as argparse `choices`, read only when
+    argparse needs them (parsing that option, or formatting its sub-command's help): building
+    the parser stays free of TensorFlow, and a newly registered entry is a valid choice.
+
+    `RegistryChoices("dde.sampling", "SAMPLERS")`; a `keys` callable may filter the names.
+    """
+
+    def __init__(self, module: str, attribute: str, keys=None):
+        self.module, self.attribute, self.keys = module, attribute, keys
+
+    def names(self) -> tuple:
+        import importlib
+
+        registry = getattr(importlib.import_module(self.module), self.attribute)
+        names = tuple(registry)
+        return tuple(n for n in names if self.keys(n)) if self.keys else names
+
+    def __contains__(self, value) -> bool:
+        return value in self.names()
+
+    def __iter__(self):
+        return iter(self.names())
+
+
 def check_seed(seed, flag: str = "--seed") -> None:
     """Refuse a seed outside [0, 2³¹ − 1] (None: a fresh one is drawn)."""
     if seed is not None and not 0 <= seed <= MAX_SEED:

@@ -50,10 +50,9 @@ def run(args) -> int:
                                     batch_size=args.batch_size)
     print(f"average log-likelihood: {result} over n = {result.n:,} points "
           f"(log Z = {result.log_z:.4f} ± {2 * result.log_z_stderr:.4f}, "
-          f"ESS {float(model.log_z_ess.numpy()):,.1f})")
+          f"ESS {result.log_z_ess:,.1f}, Pareto k̂ {result.log_z_pareto_k:.2f})")
     if args.json:
         record = {"model": str(args.model), "data": str(args.data),
-                  "log_z_ess": float(model.log_z_ess.numpy()),
                   "noise_std": float(model.log_z_noise_std.numpy()), **result.as_dict()}
         # Strict JSON: undefined values (e.g. the SE of a single point) become null.
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)

@@ -3,9 +3,11 @@
     dde normalize --model run/model.keras --data train.npy
     dde normalize --model m.keras --data train.npy --method ais --num-samples 2000 --out m2.keras
 
-The proposal is fitted to the training data (--proposal gaussian | student_t | gmm |
-smoothed), or AIS (--method ais) anneals from it to the model. Prints
-log Ẑ ± 2·SE and the effective sample size; writes the normalized model (in place unless --out)
+The proposal is fitted to the training data (--proposal: a full-covariance Gaussian, a
+Student-t, a Gaussian mixture, the σ-smoothed empirical mixture, ...), or AIS (--method ais)
+anneals from it to the model. Prints log Ẑ ± 2·SE, the effective sample size and the Pareto
+k̂ of the weights, and warns (or, with --refuse-unreliable, fails) when the estimate is
+unreliable; writes the normalized model (in place unless --out)
 and a JSON file with the estimate (default: beside the model, `<name>.normalize.json`). Both
 files are written together at the end, the model last, so that on any error (bad input, an
 unwritable output, a non-finite or absurd log Ẑ) nothing is written, the input model is
@@ -18,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from dde_cli._common import RegistryChoices
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -26,13 +30,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, metavar="FILE", help="a saved .keras model")
     p.add_argument("--data", required=True, metavar="FILE",
                    help="training data (.npy, .npz or .csv) to fit the proposal to")
-    p.add_argument("--method", choices=["is", "ais"], default="is",
-                   help="importance sampling or annealed importance sampling (default: is)")
-    p.add_argument("--proposal", choices=["gaussian", "student_t", "gmm", "smoothed"],
-                   default="gaussian",
-                   help="proposal fitted to the data: full-covariance Gaussian, multivariate "
-                        "Student-t (heavier tails), Gaussian mixture, or σ-smoothed empirical "
-                        "mixture (default: gaussian)")
+    p.add_argument("--method", choices=RegistryChoices("dde.partition", "METHODS"),
+                   default="is", metavar="METHOD",
+                   help="%(choices)s: importance sampling or annealed importance sampling "
+                        "(default: %(default)s)")
+    p.add_argument("--proposal", choices=RegistryChoices("dde.partition", "PROPOSALS"),
+                   default="gaussian", metavar="NAME",
+                   help="proposal fitted to the data, one of %(choices)s: full-covariance "
+                        "Gaussian, multivariate Student-t (heavier tails), Gaussian mixture, "
+                        "σ-smoothed empirical mixture, ... (default: %(default)s)")
     p.add_argument("--df", type=float, default=5.0,
                    help="degrees of freedom of the student_t proposal (default: 5)")
     p.add_argument("--n-components", type=int, default=8,
@@ -51,16 +57,23 @@ def add_parser(subparsers) -> None:
                    help="samples (IS) or chains (AIS) at once (default: 8192 / 4096)")
     p.add_argument("--num-steps", type=int, default=200,
                    help="AIS: number of temperatures (default: 200)")
-    p.add_argument("--schedule", choices=["linear", "geometric", "sigmoid"],
-                   default="sigmoid", help="AIS temperature schedule (default: sigmoid)")
-    p.add_argument("--kernel", choices=["hmc", "mala"], default="hmc",
-                   help="AIS transition kernel (default: hmc)")
+    p.add_argument("--schedule", choices=RegistryChoices("dde.partition", "SCHEDULES"),
+                   default="sigmoid", metavar="NAME",
+                   help="AIS temperature schedule: %(choices)s (default: %(default)s)")
+    p.add_argument("--kernel", choices=RegistryChoices("dde.partition.ais",
+                                                       "KERNEL_DEFAULTS"),
+                   default="hmc", metavar="NAME",
+                   help="AIS transition kernel: %(choices)s (default: %(default)s)")
     p.add_argument("--num-leapfrog-steps", type=int, default=5,
                    help="AIS with HMC: leapfrog steps per transition (default: 5)")
     p.add_argument("--min-ess", type=float, default=100.0,
-                   help="effective sample size below min(MIN_ESS, 0.1·M) warns (default: 100)")
-    p.add_argument("--refuse-low-ess", action="store_true",
-                   help="fail (exit 2, nothing written) instead of warning on a low ESS")
+                   help="an effective sample size below min(MIN_ESS, 0.1·M) marks the "
+                        "estimate unreliable (default: 100)")
+    p.add_argument("--refuse-unreliable", "--refuse-low-ess", dest="refuse_low_ess",
+                   action="store_true",
+                   help="fail (exit 2, nothing written) instead of warning when the estimate "
+                        "is unreliable: a small ESS, or heavy-tailed weights (Pareto k̂ above "
+                        "0.7)")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (default: the model's seed)")
     p.add_argument("--out", default=None, metavar="FILE",
@@ -107,14 +120,17 @@ def run(args) -> int:
                        num_leapfrog_steps=args.num_leapfrog_steps)
     if args.noise_std is not None:
         options["noise_std"] = args.noise_std
-    if args.smoothing_std is not None:
-        options["smoothing_std"] = args.smoothing_std
+    # The proposal's options among those given (each proposal takes its own).
+    from dde.partition.proposals import proposal_option_names
+
+    given = {"scale": args.proposal_scale, "df": args.df, "n_components": args.n_components,
+             "noise_std": args.smoothing_std}
+    proposal_options = {k: v for k, v in given.items()
+                        if v is not None and k in proposal_option_names(args.proposal)}
     start = time.perf_counter()
     result = model.normalize(x, method=args.method, proposal=args.proposal,
                              num_samples=args.num_samples, batch_size=args.batch_size,
-                             seed=args.seed, n_components=args.n_components,
-                             proposal_scale=args.proposal_scale, proposal_df=args.df,
-                             **options)
+                             seed=args.seed, proposal_options=proposal_options, **options)
     seconds = time.perf_counter() - start
 
     record = {"model": str(args.model), "output_model": str(out), "data": str(args.data),

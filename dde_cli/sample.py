@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from dde_cli._common import RegistryChoices
+
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
@@ -31,8 +33,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True, metavar="FILE", help="a saved .keras model")
     p.add_argument("-n", "--num-samples", dest="n", type=int, default=10_000,
                    help="number of samples = independent chains (default: 10000)")
-    p.add_argument("--method", choices=["ula", "mala", "annealed"], default="ula",
-                   help="sampler (default: ula)")
+    p.add_argument("--method", choices=RegistryChoices("dde.sampling", "SAMPLERS"),
+                   default="ula", metavar="METHOD",
+                   help="sampler: %(choices)s (default: %(default)s)")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy file")
     p.add_argument("--steps", type=int, default=1000,
                    help="Langevin steps per chain (annealed: in total over all levels; "

@@ -467,9 +467,11 @@ class ExactGaussianSampler(keras.layers.Layer):
         return SamplerResults(x, None, None, 0, 0.0)
 
 
-def test_a_new_sampler_is_one_class_and_one_registry_line(trained_dde):
-    """Registering a sampler recipe makes `model.sample(method=name)` use it (the command
-    line's `--method` choices come from the same registry)."""
+def test_a_new_sampler_is_one_class_and_one_registry_line(trained_dde, tmp_path):
+    """Registering a sampler recipe makes `model.sample(method=name)` and `dde sample
+    --method name` use it (the command line's choices come from the same registry)."""
+    from dde_cli import main
+
     sampling.SAMPLERS.register("exact_gaussian", sampling.SamplerRecipe(
         lambda model, num_steps, step_size, **options: (ExactGaussianSampler(), 0.0),
         lambda sigma: None))
@@ -479,6 +481,10 @@ def test_a_new_sampler_is_one_class_and_one_registry_line(trained_dde):
         np.testing.assert_allclose(np.cov(x, rowvar=False), trained_dde.data_cov.numpy(),
                                    atol=0.5)
         assert "exact_gaussian" in sampling.SAMPLERS.names()
+        trained_dde.save(tmp_path / "m.keras")
+        assert main(["sample", "--model", str(tmp_path / "m.keras"), "-n", "50", "--method",
+                     "exact_gaussian", "--out", str(tmp_path / "s.npy"), "--quiet"]) == 0
+        assert np.load(tmp_path / "s.npy").shape == (50, 2)
     finally:
         sampling.SAMPLERS.unregister("exact_gaussian")
     with pytest.raises(ValueError, match="method must be one of"):
