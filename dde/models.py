@@ -55,29 +55,17 @@ class EnergyModel(DSMModel):
             raise TypeError(f"network must be a Keras layer or model, got {type(network)!r}.")
         self.network = network
         self._init_training(seed)
-        # The normalization (log Ẑ, its standard error and effective sample size) set by
-        # `normalize`; NaN until then. Saved with the model.
-        self.log_z = self.add_weight(shape=(), dtype="float64", trainable=False, name="log_z",
-                                     initializer=keras.initializers.Constant(float("nan")))
-        self.log_z_stderr = self.add_weight(
-            shape=(), dtype="float64", trainable=False, name="log_z_stderr",
-            initializer=keras.initializers.Constant(float("nan")))
-        self.log_z_ess = self.add_weight(
-            shape=(), dtype="float64", trainable=False, name="log_z_ess",
-            initializer=keras.initializers.Constant(float("nan")))
-        # The noise level σ of the density log Ẑ normalizes (for a NoiseConditionalDDE, the σ
-        # of f(·, σ); for a DenoisingDensityEstimator, its σ when normalized).
-        self.log_z_noise_std = self.add_weight(
-            shape=(), dtype="float64", trainable=False, name="log_z_noise_std",
-            initializer=keras.initializers.Constant(float("nan")))
-        # The Pareto k̂ of the estimate's weights and whether it was reliable (1/0; NaN for
-        # an estimate stored without them, e.g. by set_log_partition or dde 0.1.0).
-        self.log_z_pareto_k = self.add_weight(
-            shape=(), dtype="float64", trainable=False, name="log_z_pareto_k",
-            initializer=keras.initializers.Constant(float("nan")))
-        self.log_z_reliable = self.add_weight(
-            shape=(), dtype="float64", trainable=False, name="log_z_reliable",
-            initializer=keras.initializers.Constant(float("nan")))
+        # The normalization set by `normalize`, NaN until then, saved with the model: log Ẑ,
+        # its standard error and effective sample size, the noise level σ of the density it
+        # normalizes (a NoiseConditionalDDE: the σ of f(·, σ); a DenoisingDensityEstimator:
+        # its σ when normalized), the Pareto k̂ of the weights and whether the estimate was
+        # reliable (1/0; NaN when stored without them, e.g. by set_log_partition or dde
+        # 0.1.0). Created in this order (the order of the saved variables).
+        for name in ("log_z", "log_z_stderr", "log_z_ess", "log_z_noise_std", "log_z_pareto_k",
+                     "log_z_reliable"):
+            setattr(self, name, self.add_weight(
+                shape=(), dtype="float64", trainable=False, name=name,
+                initializer=keras.initializers.Constant(float("nan"))))
 
     #: Variables added after dde 0.1.0, absent from the `.keras` files it wrote.
     _VARIABLES_ADDED_AFTER_0_1_0 = ("log_z_pareto_k", "log_z_reliable")
