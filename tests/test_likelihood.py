@@ -285,3 +285,39 @@ def test_trained_mixture_likelihood_integrates_to_one_and_tracks_the_density(
     assert good.mean() > 0.99
     true_all = toy.log_density("gaussian_mixture_1d", test[good]).mean()
     assert abs(held_out[good].mean() - true_all) < 0.2
+
+
+class Exact8Gaussians(keras.layers.Layer):
+    """f([x, log σ]) = log p_σ(x) + c(σ) for 8gaussians (eight N(c_k, s²I), s = 1/(2√2), on
+    the circle of radius 2√2) smoothed by N(0, σ²I), with an arbitrary c(σ) = 3 log σ + 1.7:
+    an exact noise-conditional energy, [b, 2], [b, 1] → [b, 1]."""
+
+    def call(self, inputs):
+        x, log_sigma = inputs
+        angles = np.arange(8) * np.pi / 4
+        centres = tf.constant(2 * math.sqrt(2) * np.stack([np.cos(angles), np.sin(angles)], 1),
+                              x.dtype)
+        var = 1.0 / 8.0 + tf.exp(2.0 * log_sigma)
+        d2 = tf.reduce_sum(tf.square(x[:, None, :] - centres[None]), -1)
+        log_p = (tf.reduce_logsumexp(-d2 / (2.0 * var), -1, keepdims=True)
+                 - tf.math.log(8.0 * 2.0 * np.pi * var))
+        return log_p + 3.0 * log_sigma + 1.7
+
+
+def test_exact_energy_bridge_on_8gaussians_with_the_defaults():
+    """An exact-energy NoiseConditionalDDE on 8gaussians with every default (sigma_max from
+    the data's diameter, DDEScore's VE-SDE and its own prior f(·, σ_max) normalized by IS,
+    probability_flow_log_prob's solver settings): the probability-flow log-likelihood of 60
+    points is within 1e-3 nats of the true log p at σ(T_ε). Deterministic up to the IS
+    estimate of the prior's log Z (SE ≈ 1e-5 here); the bound is about 4× the error seen."""
+    model = NoiseConditionalDDE(Exact8Gaussians(), sigma_min=0.01, dtype="float64")
+    model(tf.zeros([1, 2], tf.float64))
+    model.set_data_statistics(toy.sample("8gaussians", 5000, seed=0))
+    assert 6.0 < model.sigma_max < 9.0  # the diameter of the data
+    bridge = DDEScore(model)
+    x = toy.sample("8gaussians", 60, seed=1)
+    result = probability_flow_log_prob(bridge, None, x)
+    sigma = float(bridge.noise_std(tf.constant(1e-5, tf.float64)))
+    truth = toy.log_density("8gaussians", x, noise_std=sigma)
+    assert np.max(np.abs(result.log_prob - truth)) < 1e-3
+    assert bridge.prior_normalization().reliable

@@ -451,3 +451,21 @@ def test_a_single_noise_level_model_keeps_the_parent_signatures():
     assert fn is model.log_density_fn()  # one function per σ: estimators cache by it
     np.testing.assert_allclose(fn(tf.constant(x, tf.float64)).numpy(), model.log_density(x),
                                rtol=1e-6)
+
+
+def test_noise_conditional_sigma_max_follows_the_data():
+    """sigma_max=None becomes the largest distance between training points at fit; a given
+    sigma_max below it warns naming both numbers; before fit the levels need it."""
+    x = np.random.default_rng(0).normal(size=(500, 2)).astype("float32") * 2.0
+    net = dde.nets.conditional_energy_mlp(2, depth=1, width=8, embedding_dim=4)
+    model = dde.NoiseConditionalDDE(net, sigma_min=0.05, seed=0)
+    with pytest.raises(ValueError, match="sigma_max"):
+        model.noise_levels(3)
+    model.fit(x, epochs=1, batch_size=250, verbose=0)
+    d = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)).max()
+    assert model.sigma_max == pytest.approx(d, rel=1e-6)
+    assert model.get_config()["sigma_max"] == pytest.approx(d, rel=1e-6)
+    small = dde.NoiseConditionalDDE(dde.nets.conditional_energy_mlp(2, depth=1, width=8),
+                                    sigma_min=0.05, sigma_max=1.0, seed=0)
+    with pytest.warns(UserWarning, match=r"sigma_max = 1 is smaller than the largest distance"):
+        small.fit(x, epochs=1, batch_size=250, verbose=0)
