@@ -13,7 +13,10 @@ Targets with exactly known log Z (f = log p + c with p normalized and c known):
 - student_t: a correlated multivariate Student-t with 5 degrees of freedom.
 Proposals are fitted to 2,000 exact draws of the target (`fits` independent fits per
 configuration): the full-covariance Gaussian, the Student-t, a 4-component Gaussian mixture,
-and AIS (HMC, from the Gaussian). Every estimate is made `seeds` times at a small budget
+and AIS (HMC, from the Gaussian). 2,000 further draws are the reference samples of the
+reliability checks, as a model's training data are in `model.normalize`: importance sampling
+is unreliable when several lie beyond the proposal's largest weight, AIS when its reverse run
+from them disagrees with the forward estimate (besides k̂ and the ESS). Every estimate is made `seeds` times at a small budget
 (IS 5,000 samples, AIS 256 chains × 100 temperatures) and a few times at a large one (IS 2·10⁵,
 AIS 2,048 chains × 300 temperatures).
 
@@ -126,7 +129,6 @@ def tf_lower_triangular(m):
 def run_configuration(family, d, proposal_kind, budget, fits, seeds, rng_seed=0):
     """Every run of one (target, proposal, budget): a list of dicts."""
     from dde import partition as P
-    from dde.partition import weights as W
 
     target = Target(family, d)
     f = target.energy()
@@ -134,37 +136,40 @@ def run_configuration(family, d, proposal_kind, budget, fits, seeds, rng_seed=0)
     for fit in range(fits):
         rng = np.random.default_rng([rng_seed, fit, d, FAMILIES.index(family)])
         x_fit = target.sample(2000, rng)
+        # Independent draws of the target: the reference samples of the reliability checks
+        # (what the training data are to a fitted model).
+        x_ref = target.sample(2000, rng)
         kind = "gaussian" if proposal_kind == "ais" else proposal_kind
         options = {"n_components": 4} if kind == "gmm" else {}
         q = P.make_proposal(kind, x_fit, seed=fit, **options)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if proposal_kind == "ais":
-                chains, steps = budget["ais_chains"], budget["ais_steps"]
-                r = P.estimate_log_partition(f, q, chains * seeds, batch_size=chains,
-                                             seed=[fit, 7], method="ais", num_steps=steps,
-                                             on_low_ess="ignore")
-                groups = np.split(r.log_weights, seeds)
-                for s, lw in enumerate(groups):
-                    summary = W.summarize_log_weights(lw, "zero")
-                    runs.append(_record(target, fit, s, summary.log_z,
-                                        W.reported_stderr(summary), summary.ess,
-                                        summary.pareto_k, W.is_reliable(summary), chains))
-            else:
-                for s in range(seeds):
+            for s in range(seeds):
+                if proposal_kind == "ais":
+                    chains = budget["ais_chains"]
+                    refs = x_ref[np.random.default_rng([fit, s]).choice(len(x_ref), chains)]
+                    r = P.estimate_log_partition(f, q, chains, batch_size=chains,
+                                                 seed=[fit, s], method="ais",
+                                                 num_steps=budget["ais_steps"],
+                                                 reference_samples=refs,
+                                                 on_low_ess="ignore")
+                else:
                     r = P.estimate_log_partition(f, q, budget["is_samples"],
                                                  batch_size=min(budget["is_samples"], 20_000),
-                                                 seed=[fit, s], on_low_ess="ignore")
-                    runs.append(_record(target, fit, s, r.log_z, r.stderr, r.ess, r.pareto_k,
-                                        r.reliable, r.num_samples))
+                                                 seed=[fit, s], reference_samples=x_ref,
+                                                 on_low_ess="ignore")
+                runs.append(_record(target, fit, s, r.log_z, r.stderr, r.ess, r.pareto_k,
+                                    r.reliable, r.num_samples, r))
     return runs
 
 
-def _record(target, fit, seed, log_z, stderr, ess, k, reliable, m):
+def _record(target, fit, seed, log_z, stderr, ess, k, reliable, m, result):
     err = log_z - target.c
     return {"fit": fit, "seed": seed, "log_z": log_z, "true_log_z": target.c, "error": err,
             "stderr": stderr, "z_score": err / stderr if stderr > 0 else float("inf"),
-            "ess": ess, "pareto_k": k, "reliable": bool(reliable), "num_samples": m}
+            "ess": ess, "pareto_k": k, "reliable": bool(reliable), "num_samples": m,
+            "reference_beyond_max": result.reference_beyond_max,
+            "log_z_upper": result.log_z_upper, "stderr_upper": result.stderr_upper}
 
 
 def summarize(runs) -> dict:

@@ -666,19 +666,45 @@ def test_pareto_smoothing_matches_arviz():
             assert W.summarize_log_weights(lw).pareto_k == pytest.approx(float(expected_k))
 
 
+def test_pareto_k_and_the_coverage_test_flag_a_cauchy_target_under_a_gaussian_proposal():
+    """A 10-D Cauchy energy (log Z = 0) sampled from N(0, I): the weights have an infinite
+    variance and the estimate misses mass far out, while its ESS (~700 of 20,000) looks
+    healthy. k̂ alone flags only part of such runs (median k̂ 0.68 over 40 seeds); with 2,000
+    exact draws of the target as reference samples the coverage test flags every one (over 40
+    seeds: distance ≥ 0.35 against a critical value of 0.12, ≥ 699 draws beyond the largest
+    proposal weight), so a chance pass is far beyond 1e-6 here."""
+    d = 10
+    target = tfd.MultivariateStudentTLinearOperator(
+        1.0, tf.zeros(d, tf.float64), tf.linalg.LinearOperatorIdentity(d, dtype=tf.float64))
+    q = tfd.MultivariateNormalDiag(tf.zeros(d, tf.float64), tf.ones(d, tf.float64))
+    ref = target.sample(2000, seed=tf.constant([3, 4])).numpy()
+    for seed in range(3):
+        with pytest.warns(P.UnreliableEstimateWarning, match="misses part of the target"):
+            r = P.estimate_log_partition(target.log_prob, q, 20_000, seed=seed,
+                                         reference_samples=ref)
+        assert not r.reliable and r.reference_beyond_max > 100 and r.ess > 100, r
+        assert r.coverage_statistic > 2 * r.coverage_critical
+        assert r.log_z < -1.0  # the missing mass: log Z = 0
+
+
 def test_pareto_k_does_not_flag_a_gaussian_target_under_a_wider_proposal():
     """N(0, I₂) sampled from N(0, 1.5²I₂): the weights are bounded (k ≤ 0 in theory). Over 20
     seeded runs of 20,000 samples k̂ stays far below 0.5 (largest ≈ 0.15 in 40 seeds at
-    d = 10) and every run is reliable and within 3 SE of log Z = 0 (for a calibrated SE the
-    chance of a miss over 20 runs is ≈ 5 %; the check passes with these seeds)."""
+    d = 10), the coverage test with exact reference draws passes (it fails by chance at
+    level 1 % per run) and every run is reliable and within 3 SE of log Z = 0 (for a
+    calibrated SE the chance of a miss over 20 runs is ≈ 5 %; the checks pass with these
+    seeds)."""
     target = tfd.MultivariateNormalDiag(tf.zeros(2, tf.float64), tf.ones(2, tf.float64))
     q = tfd.MultivariateNormalDiag(tf.zeros(2, tf.float64), tf.fill([2], tf.constant(
         1.5, tf.float64)))
+    ref = target.sample(2000, seed=tf.constant([5, 6])).numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        results = [P.estimate_log_partition(target.log_prob, q, 20_000, seed=s)
-                   for s in range(20)]
+        results = [P.estimate_log_partition(target.log_prob, q, 20_000, seed=s,
+                                            reference_samples=ref) for s in range(20)]
+    # the coverage test passes (largest distance over 40 seeds 0.025, critical value 0.036)
     assert all(r.reliable and r.pareto_k < 0.4 for r in results)
+    assert all(r.coverage_statistic < r.coverage_critical for r in results)
     assert all(abs(r.log_z) < 3 * r.stderr for r in results)
 
 

@@ -12,6 +12,11 @@ evaluation carries f and log q (and their gradients) as `extra`, so a new temper
 no new evaluation. The step size is shared by the chains of a batch and adapted after every
 transition by `dde.mcmc.StepSizeAdaptation`'s Robbins–Monro rule. Temperature schedules are
 registered in `SCHEDULES`.
+
+With reference draws of the target, the same chains also run backwards, from those draws
+through the reversed schedule (bidirectional Monte Carlo, Grosse et al. 2015): their weights
+estimate 1/Z, giving a stochastic upper bound of log Z beside the forward lower one. When
+the two do not agree within their errors the estimate is marked unreliable.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from dde._validation import check_positive
 from dde.partition.importance import as_log_density, progress_bar, result_from_summary
 from dde.partition.proposals import cholesky_factor
 from dde.partition.results import LogPartitionResult
-from dde.partition.weights import group_stderr, summarize_log_weights
+from dde.partition.weights import group_stderr, reported_stderr, summarize_log_weights
 
 SCHEDULES = Registry("AIS schedule")
 
@@ -233,7 +238,8 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
                                  target_accept_rate: float | None = None,
                                  adapt_step_size: bool = True,
                                  adaptation_rate: float = 1.0,
-                                 min_ess: float = 100.0) -> LogPartitionResult:
+                                 min_ess: float = 100.0,
+                                 reference_samples=None) -> LogPartitionResult:
     """AIS estimate of log Z with M = m chains (seed: int64 [2]); see
     `dde.partition.estimate_log_partition` for the arguments."""
     betas_np = ais_schedule(schedule, num_steps)
@@ -259,33 +265,57 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
                 tf.constant(target_accept, f64),
                 tf.constant(adaptation_rate if adapt_step_size else 0.0, f64))
 
-    num_groups = -(-m // batch_size)
-    chunk = max(1, num_temps // 50) if progress else num_temps
-    bar = progress_bar(num_groups * num_temps, "temperature") if progress else None
-    base = tf.constant(seed, tf.int64)
-    all_log_w, acc_total, acc_count, bad_total, final_h = [], 0.0, 0.0, 0, []
-    for g in range(num_groups):
-        n = min(batch_size, m - g * batch_size)
-        group_seed = tf.random.experimental.stateless_fold_in(base, g)
-        init_seed, chain_seed = tf.unstack(tf.random.experimental.stateless_split(group_seed,
-                                                                                  2))
-        x0 = proposal.sample(n, seed=tf.cast(init_seed, tf.int32))
-        z0, results = init(x0, mu, tril, tf.constant(h0, f64))
-        state = (z0, results, tf.zeros([n], f64), tf.constant(0.0, f64),
-                 tf.constant(0.0, f64), tf.constant(0, tf.int64))
-        for k0 in range(1, num_temps, chunk):
-            k1 = min(k0 + chunk, num_temps)
-            state = advance(state, betas, tf.constant(k0, tf.int32), tf.constant(k1, tf.int32),
-                            chain_seed, mu, tril, *settings)
+    def run(betas, num_chains, initial_states, seed_base, bar_offset):
+        """The chains of AIS over `betas` in groups of `batch_size`, each group started
+        from `initial_states(group, n, seed)`; returns (log-weights per group, stats)."""
+        num_groups = -(-num_chains // batch_size)
+        groups, stats = [], {"accepted": 0.0, "transitions": 0.0, "bad": 0, "h": []}
+        for g in range(num_groups):
+            n = min(batch_size, num_chains - g * batch_size)
+            group_seed = tf.random.experimental.stateless_fold_in(seed_base, g)
+            init_seed, chain_seed = tf.unstack(
+                tf.random.experimental.stateless_split(group_seed, 2))
+            z0, results = init(initial_states(g, n, init_seed), mu, tril, tf.constant(h0, f64))
+            state = (z0, results, tf.zeros([n], f64), tf.constant(0.0, f64),
+                     tf.constant(0.0, f64), tf.constant(0, tf.int64))
+            for k0 in range(1, num_temps, chunk):
+                k1 = min(k0 + chunk, num_temps)
+                state = advance(state, betas, tf.constant(k0, tf.int32),
+                                tf.constant(k1, tf.int32), chain_seed, mu, tril, *settings)
+                if bar is not None:
+                    bar.update(bar_offset + g * num_temps + k1 - 1)
+            groups.append(finish(state, betas).numpy())
             if bar is not None:
-                bar.update(g * num_temps + k1 - 1)
-        all_log_w.append(finish(state, betas).numpy())
-        if bar is not None:
-            bar.update((g + 1) * num_temps)
-        final_h.append(float(mcmc.step_size_of(state[1]).numpy()))
-        acc_total += float(state[3].numpy())
-        acc_count += float(state[4].numpy())
-        bad_total += int(state[5].numpy())
+                bar.update(bar_offset + (g + 1) * num_temps)
+            stats["h"].append(float(mcmc.step_size_of(state[1]).numpy()))
+            stats["accepted"] += float(state[3].numpy())
+            stats["transitions"] += float(state[4].numpy())
+            stats["bad"] += int(state[5].numpy())
+        return groups, stats
+
+    base = tf.constant(seed, tf.int64)
+    num_reverse = 0 if reference_samples is None else min(len(reference_samples), m)
+    total = (-(-m // batch_size) + -(-num_reverse // batch_size)) * num_temps
+    chunk = max(1, num_temps // 50) if progress else num_temps
+    bar = progress_bar(total, "temperature") if progress else None
+    all_log_w, stats = run(
+        betas, m, lambda g, n, s: proposal.sample(n, seed=tf.cast(s, tf.int32)), base, 0)
+    acc_total, acc_count = stats["accepted"], stats["transitions"]
+    bad_total, final_h = stats["bad"], stats["h"]
+    upper = None
+    if num_reverse:
+        # Reverse AIS (bidirectional Monte Carlo, Grosse et al. 2015): from draws of the
+        # target through the reversed schedule, mean exp(log w') estimates 1/Z, so
+        # −log mean w' is a stochastic upper bound of log Z (the forward estimate is a lower
+        # one). With draws of the target, the two bracket log Z.
+        refs = tf.constant(np.asarray(reference_samples, np.float64)[:num_reverse],
+                           proposal.dtype)
+        reverse_w, _ = run(tf.reverse(betas, [0]), num_reverse,
+                           lambda g, n, s: refs[g * batch_size:g * batch_size + n],
+                           tf.random.experimental.stateless_fold_in(base, -7),
+                           -(-m // batch_size) * num_temps)
+        rev = summarize_log_weights(np.concatenate(reverse_w), "zero")
+        upper = (-rev.log_z, reported_stderr(rev))
     log_w = np.concatenate(all_log_w)
     summary = summarize_log_weights(log_w, nan_policy)
     # The groups (batches of chains) are independent; the chains of a group share their
@@ -305,7 +335,7 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
     diagnostics["num_groups"] = len(sizes)
     return result_from_summary(summary, "ais", seed, min_ess, replicate_stderr=replicate_se,
                                num_replicates=len(sizes) if len(sizes) > 1 else m,
-                               num_evaluations=evaluations, diagnostics=diagnostics,
-                               log_weights=log_w)
+                               upper=upper, num_evaluations=evaluations,
+                               diagnostics=diagnostics, log_weights=log_w)
 
 

@@ -24,7 +24,8 @@ from dde.partition.importance import importance_sampling
 from dde.partition.proposals import event_size, make_proposal, proposal_option_names
 from dde.partition.results import (AverageLogLikelihood, LogPartitionResult,
                                    UnreliableEstimateWarning)
-from dde.partition.weights import LOW_ESS_POLICIES, NAN_POLICIES, check_reliability
+from dde.partition.weights import (COVERAGE_TESTS, LOW_ESS_POLICIES, MAX_REFERENCE_SAMPLES,
+                                   NAN_POLICIES, check_reliability)
 from dde.protocols import EnergyModelLike, input_dim_of
 
 tfd = tfp.distributions
@@ -67,6 +68,7 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
                            seed=None, method: str = "is", progress: bool = False,
                            nan_policy: str = "raise", min_ess: float = 100.0,
                            on_low_ess: str = "warn", jit_compile: bool = False,
+                           reference_samples=None, coverage_test: str = "ks",
                            **ais_options) -> LogPartitionResult:
     """Estimate log Z = log ∫ exp f(x) dx by importance sampling or AIS.
 
@@ -87,6 +89,17 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
         (an `UnreliableEstimateWarning`, a `LowEffectiveSampleSizeWarning`), "raise"
         (RuntimeError) or "ignore". The result says it either way (`reliable`, `pareto_k`).
     jit_compile: compile the batch step with XLA.
+    reference_samples: optional draws [n, d] of (approximately) the target exp f / Z, e.g.
+        the data a model was fitted to. Importance sampling checks with them that the
+        proposal covers the target (at most `MAX_REFERENCE_SAMPLES` of them, a seeded random
+        subset): an estimate is unreliable when several lie beyond the proposal's largest
+        weight — mass the proposal never visits, which no statistic of its own weights can
+        show (`dde.partition.weights.CoverageCheck`). AIS runs its chains backwards from
+        them (up to M of them) for an upper bound of log Z, and is unreliable when it
+        disagrees.
+    coverage_test: "ks" (exact draws of the target: a two-sample test of their weights
+        against the importance-weighted proposal sample) or "beyond_max" (approximate draws,
+        such as training data: only draws beyond the largest proposal weight count).
     ais_options (method="ais"): num_steps=200 (K temperatures), schedule="sigmoid" ("linear",
         "geometric" or an increasing array from 0 to 1; see `ais_schedule`), kernel="hmc"
         ("mala", or a callable make_kernel(target_fn, step_size) returning a `dde.mcmc`
@@ -113,16 +126,28 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
         raise TypeError("log_density_fn must be callable: [batch, d] → [batch].")
     d = event_size(proposal)
     seed = sanitize_seed(seed, SEED_SALT)
+    if reference_samples is not None:
+        reference_samples = check_data(reference_samples, name="reference_samples",
+                                       n_features=d, owner="the proposal", dtype=np.float64)
+        if len(reference_samples) > MAX_REFERENCE_SAMPLES:
+            rng = np.random.default_rng(seed)
+            reference_samples = reference_samples[rng.choice(
+                len(reference_samples), MAX_REFERENCE_SAMPLES, replace=False)]
+    if coverage_test not in COVERAGE_TESTS:
+        raise ValueError(f"coverage_test must be one of {COVERAGE_TESTS}, got "
+                         f"{coverage_test!r}.")
     if method == "is" and ais_options:
         raise TypeError(f"Unexpected options for method='is': {sorted(ais_options)}.")
     with _expected_retracing():
         if method == "is":
             result = estimator(log_density_fn, proposal, int(num_samples), int(batch_size),
-                               seed, progress, nan_policy, jit_compile, min_ess=min_ess)
+                               seed, progress, nan_policy, jit_compile, min_ess=min_ess,
+                               reference_samples=reference_samples,
+                               coverage_test=coverage_test)
         else:
             result = estimator(log_density_fn, proposal, d, int(num_samples), int(batch_size),
                                seed, progress, nan_policy, jit_compile, min_ess=min_ess,
-                               **ais_options)
+                               reference_samples=reference_samples, **ais_options)
     check_reliability(result, min_ess, on_low_ess)
     return result
 
@@ -166,6 +191,7 @@ def estimate_model_log_partition(model, x_train=None, method: str = "is",
                                  batch_size: int | None = None, seed=None,
                                  noise_std: float | None = None,
                                  proposal_options: dict | None = None,
+                                 reference_samples="auto",
                                  **options) -> LogPartitionResult:
     """log Ẑ of an energy model's `exp f` (the computation behind `model.normalize`).
 
@@ -179,6 +205,11 @@ def estimate_model_log_partition(model, x_train=None, method: str = "is",
     num_samples / batch_size: default 100,000 / 8192 for IS, 1,000 chains / 4096 for AIS.
     seed: default the model's seed (so normalizing twice gives the same result).
     noise_std: for a NoiseConditionalDDE, the σ of f(·, σ) to normalize (default sigma_min).
+    reference_samples: draws of exp f for the coverage check of importance sampling (see
+        `estimate_log_partition`): "auto" (default) — x_train plus N(0, σ²I) noise at the
+        model's σ, approximate draws of the σ-smoothed data density that f approximates,
+        checked by the "beyond_max" test (IS only) —, an array of exact draws of exp f (the
+        "ks" test for IS, the reverse run for AIS), or None (no check).
     options: passed to `estimate_log_partition` (progress, nan_policy, min_ess, on_low_ess,
         AIS options). The keywords n_components, proposal_scale, proposal_df and
         smoothing_std of earlier versions are accepted (deprecated) and go to
@@ -205,8 +236,22 @@ def estimate_model_log_partition(model, x_train=None, method: str = "is",
     num_samples = DEFAULT_NUM_SAMPLES[method] if num_samples is None else num_samples
     batch_size = DEFAULT_BATCH_SIZE[method] if batch_size is None else batch_size
     fn = model.log_density_fn(noise_std)
+    auto_reference = isinstance(reference_samples, str)
+    if auto_reference:
+        if reference_samples != "auto":
+            raise ValueError(f"reference_samples must be 'auto', an array or None, got "
+                             f"{reference_samples!r}.")
+        reference_samples = None
+        # (AIS's reverse run needs exact draws of exp f: not from the training data)
+        if x_train is not None and method == "is":
+            rng = np.random.default_rng(seed_arr)
+            pick = x_train if len(x_train) <= MAX_REFERENCE_SAMPLES else x_train[
+                rng.choice(len(x_train), MAX_REFERENCE_SAMPLES, replace=False)]
+            reference_samples = pick + sigma * rng.standard_normal(pick.shape)
+    options.setdefault("coverage_test", "beyond_max" if auto_reference else "ks")
     result = estimate_log_partition(fn, q, num_samples, batch_size=batch_size, seed=seed_arr,
-                                    method=method, **options)
+                                    method=method, reference_samples=reference_samples,
+                                    **options)
     diagnostics = dict(result.diagnostics)
     diagnostics.update({"proposal": proposal if isinstance(proposal, str) else q.name,
                         "noise_std": sigma})

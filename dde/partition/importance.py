@@ -9,12 +9,13 @@ again.
 """
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from dde._cache import compiled_function, weak
 from dde.partition.results import LogPartitionResult
-from dde.partition.weights import (finalize, is_reliable, pareto_tail_size, reported_stderr,
-                                   stats_init, stats_update)
+from dde.partition.weights import (coverage_check, finalize, is_reliable, pareto_tail_size,
+                                   reported_stderr, stats_init, stats_update)
 
 
 def as_log_density(log_density_fn, x):
@@ -44,7 +45,7 @@ def _is_step(log_density_fn, proposal, jit_compile):
             q = get_q()
             x = q.sample(n, seed=batch_seed)
             log_w = as_log_density(get_f(), x) - tf.cast(q.log_prob(x), tf.float64)
-            return stats_update(state, log_w)
+            return stats_update(state, log_w), log_w
         return step
 
     return compiled_function(log_density_fn, ("importance_step", bool(jit_compile)), build,
@@ -52,7 +53,8 @@ def _is_step(log_density_fn, proposal, jit_compile):
 
 
 def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress, nan_policy,
-                        jit_compile, min_ess=100.0) -> LogPartitionResult:
+                        jit_compile, min_ess=100.0, reference_samples=None,
+                        coverage_test="ks") -> LogPartitionResult:
     """IS estimate of log Z from M = m samples of `proposal` (seed: int64 [2]); see
     `dde.partition.estimate_log_partition` for the arguments."""
     step = _is_step(log_density_fn, proposal, jit_compile)
@@ -60,27 +62,49 @@ def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress,
     num_batches = -(-m // batch_size)
     bar = progress_bar(num_batches, "batch") if progress else None
     state = stats_init(pareto_tail_size(m) + 1)
+    kept = []
     for b in range(num_batches):
         n = min(batch_size, m - b * batch_size)
         batch_seed = tf.random.experimental.stateless_fold_in(base, b)
-        state = step(state, tf.cast(batch_seed, tf.int32), tf.constant(n, tf.int32))
+        state, log_w = step(state, tf.cast(batch_seed, tf.int32), tf.constant(n, tf.int32))
+        if reference_samples is not None:  # the coverage test needs every weight
+            kept.append(log_w.numpy())
         if bar is not None:
             bar.update(b + 1)
     summary = finalize(state, nan_policy)
-    return result_from_summary(summary, "is", seed, min_ess, num_evaluations=summary.num_samples,
+    coverage = None
+    if reference_samples is not None:
+        x_ref = tf.constant(reference_samples, proposal.dtype)
+        ref_lw = as_log_density(log_density_fn, x_ref) - tf.cast(proposal.log_prob(x_ref),
+                                                                 tf.float64)
+        coverage = coverage_check(np.concatenate(kept), ref_lw.numpy(), summary.ess,
+                                  test=coverage_test)
+    return result_from_summary(summary, "is", seed, min_ess, coverage=coverage,
+                               num_evaluations=summary.num_samples,
                                diagnostics={"proposal": proposal.name,
-                                            "batch_size": batch_size})
+                                            "batch_size": batch_size,
+                                            "coverage_test": coverage_test})
 
 
 def result_from_summary(summary, method, seed, min_ess, replicate_stderr=float("nan"),
-                        num_replicates=None, **fields) -> LogPartitionResult:
-    """A `LogPartitionResult` from a `WeightSummary` (reported SE, reliability flag)."""
+                        num_replicates=None, coverage=None, upper=None,
+                        **fields) -> LogPartitionResult:
+    """A `LogPartitionResult` from a `WeightSummary` (reported SE, reliability flag) and,
+    when reference draws of the target were given, their `CoverageCheck` (IS) or the
+    reverse estimate (log Z upper bound, its SE) (AIS)."""
+    stderr = reported_stderr(summary, replicate_stderr)
+    if upper is not None:
+        fields.update(log_z_upper=upper[0], stderr_upper=upper[1])
     return LogPartitionResult(
-        log_z=summary.log_z, stderr=reported_stderr(summary, replicate_stderr),
-        ess=summary.ess, num_samples=summary.num_samples, method=method,
-        num_nonfinite=summary.num_nan, seed=tuple(int(s) for s in seed),
-        pareto_k=summary.pareto_k, reliable=is_reliable(summary, min_ess),
+        log_z=summary.log_z, stderr=stderr, ess=summary.ess, num_samples=summary.num_samples,
+        method=method, num_nonfinite=summary.num_nan, seed=tuple(int(s) for s in seed),
+        pareto_k=summary.pareto_k,
+        reliable=is_reliable(summary, min_ess, stderr=stderr, coverage=coverage,
+                             upper=upper),
         stderr_delta=summary.stderr_delta, log_z_psis=summary.log_z_psis,
         stderr_psis=summary.stderr_psis,
         num_replicates=summary.num_samples if num_replicates is None else num_replicates,
-        **fields)
+        num_reference=0 if coverage is None else coverage.num_reference,
+        reference_beyond_max=0 if coverage is None else coverage.beyond_max,
+        coverage_statistic=float("nan") if coverage is None else coverage.statistic,
+        coverage_critical=float("nan") if coverage is None else coverage.critical, **fields)

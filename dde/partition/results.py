@@ -38,6 +38,12 @@ class LogPartitionResult:
     num_replicates: the number of independent replicates behind `stderr` (M for IS and for
     AIS chains treated as independent; the number of independent chain groups when the SE
     comes from their spread).
+    num_reference, reference_beyond_max, coverage_statistic, coverage_critical: with
+    reference draws of the target (IS), how many were used, how many had a larger weight than
+    every proposal sample, and the test of `dde.partition.weights.CoverageCheck` (0, 0,
+    NaN, NaN without them). log_z_upper,
+    stderr_upper: with reference draws (AIS), the reverse estimate — a stochastic upper bound
+    of log Z — and its standard error (NaN without them).
     """
 
     log_z: float
@@ -57,6 +63,12 @@ class LogPartitionResult:
     log_z_psis: float = float("nan")
     stderr_psis: float = float("nan")
     num_replicates: int = 0
+    num_reference: int = 0
+    reference_beyond_max: int = 0
+    coverage_statistic: float = float("nan")
+    coverage_critical: float = float("nan")
+    log_z_upper: float = float("nan")
+    stderr_upper: float = float("nan")
 
     @property
     def ess_fraction(self) -> float:

@@ -69,7 +69,8 @@ class WeightSummary(NamedTuple):
     log_z: log mean weight (the IS estimate); stderr_delta: its delta-method standard error;
     ess: (Σw)²/Σw²; num_samples: M; num_nan: NaN log-weights (counted as zero weights);
     pareto_k: PSIS's k̂ of the weights' right tail (inf when it cannot be fitted);
-    log_z_psis, stderr_psis: the same two quantities from the Pareto-smoothed weights.
+    log_z_psis, stderr_psis: the same two quantities from the Pareto-smoothed weights;
+    max_log_weight: the largest log-weight.
     """
 
     log_z: float
@@ -80,6 +81,7 @@ class WeightSummary(NamedTuple):
     pareto_k: float
     log_z_psis: float
     stderr_psis: float
+    max_log_weight: float = float("nan")
 
 
 def _log_mean_and_delta_se(log_s1, log_s2, m):
@@ -123,7 +125,7 @@ def finalize(state, nan_policy) -> WeightSummary:
             log_z_psis, stderr_psis, _ = _log_mean_and_delta_se(
                 c + math.log(s1_psis), 2 * c + math.log(s2_psis), m)
     return WeightSummary(float(log_z), float(stderr), float(ess), m, int(n_nan), float(k),
-                         float(log_z_psis), float(stderr_psis))
+                         float(log_z_psis), float(stderr_psis), c)
 
 
 def summarize_log_weights(log_weights, nan_policy: str = "raise") -> WeightSummary:
@@ -147,12 +149,25 @@ def importance_statistics(log_weights) -> tuple[float, float, float]:
 
 def check_reliability(result, min_ess, on_unreliable, stacklevel=4):
     """Warn (`UnreliableEstimateWarning`), raise (RuntimeError) or do nothing
-    (on_unreliable = "warn" / "raise" / "ignore") when a result is not `reliable`: its ESS
-    is below min(min_ess, 0.1·M) or its Pareto k̂ above `pareto_k_threshold(M)`."""
+    (on_unreliable = "warn" / "raise" / "ignore") when a result is not `reliable` (see
+    `is_reliable`); the message names every reason."""
     if result.reliable or on_unreliable == "ignore":
         return
     m = result.num_samples
     reasons = []
+    coverage = CoverageCheck(result.coverage_statistic, result.coverage_critical,
+                             result.reference_beyond_max, result.num_reference,
+                             result.diagnostics.get("coverage_test", "ks"))
+    if result.num_reference and not coverage.passed:
+        reasons.append(f"the proposal misses part of the target's mass: the weights of "
+                       f"{result.num_reference} reference draws differ from the proposal's "
+                       f"(distance {result.coverage_statistic:.3f} > "
+                       f"{result.coverage_critical:.3f}; {result.reference_beyond_max} lie "
+                       "beyond its largest weight)")
+    if np.isfinite(result.log_z_upper) and not bounds_agree(
+            result.log_z, result.stderr, result.log_z_upper, result.stderr_upper):
+        reasons.append(f"the reverse estimate from draws of the target ({result.log_z_upper:.3f}"
+                       f" ± {2 * result.stderr_upper:.3f}) does not agree with it")
     threshold = min(float(min_ess), 0.1 * m)
     if not result.ess >= threshold:
         reasons.append(f"the effective sample size is {result.ess:.1f} of {m} samples (below "
@@ -160,9 +175,9 @@ def check_reliability(result, min_ess, on_unreliable, stacklevel=4):
     if not result.pareto_k <= pareto_k_threshold(m):
         reasons.append(f"the Pareto k̂ of the weights is {result.pareto_k:.2f} (above "
                        f"{pareto_k_threshold(m):.2f}: heavy-tailed weights)")
-    msg = (f"Unreliable log Z estimate ({result.method.upper()}): " + " and ".join(reasons)
-           + ". The weights are dominated by a few samples: log Z is likely underestimated and "
-           "its error can be many standard errors. Use a better proposal, more samples, or "
+    msg = (f"Unreliable log Z estimate ({result.method.upper()}): " + "; ".join(reasons)
+           + ". Its error can be many standard errors (log Z is likely underestimated). Use a "
+           "better proposal (one close to the model, e.g. its base density), more samples, or "
            "method='ais' with more steps.")
     if on_unreliable == "raise":
         raise RuntimeError(msg)
@@ -242,13 +257,106 @@ def pareto_smooth_tail(tail_log_weights, m: int):
     return k, tail + top, smoothed + top
 
 
-def is_reliable(summary: WeightSummary, min_ess: float = 100.0) -> bool:
-    """Whether an estimate can be trusted: its Pareto k̂ is at most `pareto_k_threshold(M)`
-    and its ESS is at least min(min_ess, 0.1·M). A healthy ESS alone does not tell — heavy-
-    tailed weights can show one and still be several SE off — which is why k̂ decides."""
+#: At most this many reference samples (draws of the target) check a proposal's coverage, so
+#: that the check means the same whatever the size of the training set.
+MAX_REFERENCE_SAMPLES = 2000
+#: The level of the coverage test: a proposal that covers the target fails it this often.
+COVERAGE_TEST_LEVEL = 0.01
+
+
+#: With approximate reference draws (a model's training data), only this many of them beyond
+#: the largest proposal weight fail the coverage check (see `CoverageCheck`).
+BEYOND_MAX_COUNT = 5
+COVERAGE_TESTS = ("ks", "beyond_max")
+
+
+class CoverageCheck(NamedTuple):
+    """Does the proposal cover the target? A two-sample test of the log-weights
+    log w = f − log q: under the target p = exp f / Z, P_p(log w > t) = E_q[w; log w > t] / Z,
+    which the importance-weighted proposal sample estimates by Σ_{log w_i > t} w_i / Σ w_i.
+    `statistic` D = max_t |P̂_reference(log w > t) − P̂_IS(log w > t)| compares it with the
+    reference draws' fraction (a one-sample-pair Kolmogorov–Smirnov distance; t over both
+    samples). A proposal that never visits part of the target's mass — mass no statistic
+    of its own weights can show — leaves reference draws with weights it never saw, at
+    t = the largest proposal weight (`beyond_max` of them) or below. `critical` is the
+    Dvoretzky–Kiefer–Wolfowitz bound sqrt(−½ log α · (1/n + 1/ESS)) at level
+    `COVERAGE_TEST_LEVEL`: D above it means the proposal misses mass.
+
+    The test assumes exact draws of the target. A model's training data are only
+    approximate draws of exp f (a model never fits its data exactly), so there `test` is
+    "beyond_max": the check fails only when `BEYOND_MAX_COUNT` or more reference draws have a
+    larger weight exp f/q than every proposal sample — places where the model is high and
+    the proposal never looked, whatever the fit."""
+
+    statistic: float
+    critical: float
+    beyond_max: int
+    num_reference: int
+    test: str = "ks"
+
+    @property
+    def passed(self) -> bool:
+        if self.test == "beyond_max":
+            return self.beyond_max < BEYOND_MAX_COUNT
+        return bool(self.statistic <= self.critical)
+
+
+def coverage_check(log_weights, reference_log_weights, ess: float,
+                   level: float = COVERAGE_TEST_LEVEL, test: str = "ks") -> CoverageCheck:
+    """The `CoverageCheck` of a proposal sample's log-weights [M] against reference draws'
+    log-weights [n] (non-finite reference weights count as beyond every proposal weight)."""
+    lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    lw = lw[~np.isnan(lw)]
+    ref = np.asarray(reference_log_weights, dtype=np.float64).reshape(-1)
+    ref = np.where(np.isnan(ref), np.inf, ref)
+    order = np.argsort(lw)[::-1]
+    lw_sorted = lw[order]
+    w = np.exp(lw_sorted - lw_sorted[0])
+    tail_mass = np.cumsum(w) / w.sum()  # P̂_IS(log w ≥ lw_sorted[i])
+    ts = np.concatenate([lw_sorted, ref[np.isfinite(ref)]])
+    above = np.searchsorted(-lw_sorted, -ts, side="left")  # proposal weights > t
+    p_is = np.where(above > 0, tail_mass[np.maximum(above - 1, 0)], 0.0)
+    p_ref = 1.0 - np.searchsorted(np.sort(ref), ts, side="right") / len(ref)
+    stat = float(np.max(np.abs(p_ref - p_is))) if len(ts) else 1.0
+    crit = math.sqrt(-0.5 * math.log(level) * (1.0 / len(ref) + 1.0 / max(ess, 1.0)))
+    return CoverageCheck(stat, crit, int(np.sum(~(ref <= lw_sorted[0]))), int(len(ref)),
+                         test)
+
+
+#: The forward (lower) and reverse (upper) AIS estimates must agree within this many
+#: combined standard errors.
+BOUNDS_AGREEMENT = 3.0
+
+
+def bounds_agree(log_z, stderr, log_z_upper, stderr_upper) -> bool:
+    """Whether a lower estimate and an upper estimate of log Z agree: the upper one exceeds
+    the lower by at most `BOUNDS_AGREEMENT` combined standard errors."""
+    return bool(log_z_upper - log_z <= BOUNDS_AGREEMENT * math.hypot(stderr, stderr_upper))
+
+
+def is_reliable(summary: WeightSummary, min_ess: float = 100.0, stderr: float | None = None,
+                coverage: CoverageCheck | None = None, upper=None) -> bool:
+    """Whether an estimate can be trusted:
+
+    - its ESS is at least min(min_ess, 0.1·M) and the Pareto k̂ of its weights at most
+      `pareto_k_threshold(M)` (a healthy ESS alone does not tell: heavy-tailed weights show
+      one and are still several SE off);
+    - with reference draws of the target (`coverage`), the proposal covers the target (the
+      test of `CoverageCheck` passes). Mass in regions the proposal never visits is
+      invisible to any statistic of its own weights (k̂ included); reference draws are the
+      only way to see it;
+    - with a reverse estimate `upper` = (log Z upper bound, its SE) (AIS from reference
+      draws), the two agree (`bounds_agree`).
+    """
     m = summary.num_samples
-    return bool(summary.pareto_k <= pareto_k_threshold(m)
-                and summary.ess >= min(float(min_ess), 0.1 * m))
+    ok = (summary.pareto_k <= pareto_k_threshold(m)
+          and summary.ess >= min(float(min_ess), 0.1 * m))
+    if ok and coverage is not None and coverage.num_reference:
+        ok = coverage.passed
+    if ok and upper is not None:
+        se = summary.stderr_delta if stderr is None else stderr
+        ok = bounds_agree(summary.log_z, se, *upper)
+    return bool(ok)
 
 
 def group_stderr(log_weights, group_sizes) -> float:
