@@ -684,7 +684,7 @@ def test_pareto_k_and_the_coverage_test_flag_a_cauchy_target_under_a_gaussian_pr
                                          reference_samples=ref)
         assert not r.reliable and r.reference_beyond_max > 100 and r.ess > 100, r
         assert r.coverage_statistic > 2 * r.coverage_critical
-        assert r.log_z < -1.0  # the missing mass: log Z = 0
+        assert r.log_z < -10 * r.stderr  # the missing mass (log Z = 0), far beyond its SE
 
 
 def test_pareto_k_does_not_flag_a_gaussian_target_under_a_wider_proposal():
