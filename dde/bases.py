@@ -146,9 +146,18 @@ class GaussianMixtureBase(keras.layers.Layer):
             tfd.MultivariateNormalTriL(tf.constant(self.means.numpy()), tf.constant(trils)),
             name="GaussianMixtureBase")
 
-    def sample(self, n: int, seed, noise_std=None):
-        """n draws of q_σ [n, d] (float64 tensor); seed: a stateless seed [2]."""
-        return self.as_distribution(noise_std).sample(n, seed=seed)
+    def sample(self, n, seed, noise_std=None):
+        """n draws of q_σ [n, d] (float64 tensor, traceable): a component k by its weight,
+        then μ_k + U_k (sqrt(λ_k + σ²) ⊙ ε); seed: a stateless seed [2]."""
+        s_comp, s_noise = tf.unstack(tf.random.experimental.stateless_split(
+            tf.cast(seed, tf.int64), 2))
+        k = tf.random.stateless_categorical(self.log_weights[None], n, s_comp)[0]
+        eps = tf.random.stateless_normal([n, self.input_dim], s_noise, dtype=tf.float64)
+        var = tf.gather(self.eigenvalues, k)
+        if noise_std is not None:
+            var = var + tf.square(tf.cast(noise_std, tf.float64))
+        return tf.gather(self.means, k) + tf.einsum("nij,nj->ni", tf.gather(self.eigenvectors, k),
+                                                    tf.sqrt(var) * eps)
 
     def get_config(self):
         return {**super().get_config(), "num_components": self.num_components,

@@ -12,6 +12,20 @@ over dimensions and averaged over the batch; dividing by σ² makes it comparabl
 
 `NoiseConditionalDDE` learns `f(x, σ)` for a geometric range of σ at once (weight λ(σ) = σ²,
 which gives the same per-example form), a conservative score at every noise level.
+
+**Base-density energies** (`base=`): f(x) = log q(x) + g(x) with q a normalized density
+fitted to the data beforehand (`dde.bases`) and g the network, a residual bounded above
+(`dde.nets.residual_energy_mlp`: the untrained model is q, and ∫ exp f ≤ e^{sup g}). With
+`smooth_base=True` (default) the base is smoothed at the model's noise level, q_σ = q * N(0,
+σ²I) (exact for Gaussian mixtures), as denoising score matching at σ requires — f then
+approximates log p_σ = log(p * N(0, σ²I)). Normalization uses q_σ itself as the proposal:
+log Z = log E_q[exp g], with weights exp g. `objective="likelihood"` trains g by maximum
+likelihood under the base instead (a DenoisingDensityEstimator only),
+
+    L(θ) = −mean_b g(x_b) + log mean_j exp g(y_j),     x_b ~ data, y_j ~ q (fresh each step),
+
+the negative log-likelihood of the batch up to the O(1/M) bias of the in-batch log Ẑ, plus
+`dsm_weight` times the DSM loss when it is positive (the score stays that of the data).
 """
 from __future__ import annotations
 
@@ -24,6 +38,7 @@ import tensorflow as tf
 
 import dde.partition as partition
 import dde.sampling as sampling
+from dde import bases
 from dde._cache import compiled_function, weak
 from dde._tensors import as_column
 from dde._validation import check_data, check_positive
@@ -49,11 +64,29 @@ class EnergyModel(DSMModel):
     estimators and samplers use.
     """
 
-    def __init__(self, network, seed: int | None = None, **kwargs):
+    OBJECTIVES = ("dsm", "likelihood")
+
+    def __init__(self, network, seed: int | None = None, base=None, smooth_base: bool = True,
+                 objective: str = "dsm", dsm_weight: float = 0.0,
+                 num_base_samples: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(network, keras.layers.Layer):
             raise TypeError(f"network must be a Keras layer or model, got {type(network)!r}.")
         self.network = network
+        self.base = None if base is None else bases.as_base(base)
+        if not isinstance(smooth_base, bool):
+            raise TypeError(f"smooth_base must be a bool, got {smooth_base!r}.")
+        self.smooth_base = smooth_base
+        if objective not in self.OBJECTIVES:
+            raise ValueError(f"objective must be one of {self.OBJECTIVES}, got {objective!r}.")
+        if objective == "likelihood" and self.base is None:
+            raise ValueError("objective='likelihood' trains the residual of a base density: "
+                             "pass base= (see dde.bases).")
+        self.objective = objective
+        self.dsm_weight = float(check_positive(dsm_weight, "dsm_weight", allow_zero=True))
+        if num_base_samples is not None:
+            check_positive(num_base_samples, "num_base_samples", integer=True)
+        self.num_base_samples = num_base_samples
         self._init_training(seed)
         # The normalization set by `normalize`, NaN until then, saved with the model: log Ẑ,
         # its standard error and effective sample size, the noise level σ of the density it
@@ -115,14 +148,28 @@ class EnergyModel(DSMModel):
         """Whether `data_mean` / `data_cov` hold training-data statistics."""
         return self.built and bool(np.isfinite(self.data_mean.numpy()).all())
 
-    def default_proposal(self):
-        """A normalized density close to exp f: N(data_mean, data_cov) of the training data
-        (a `tfd.MultivariateNormalTriL`, float64), or None without training statistics.
-        The default proposal of normalization and the start of sampling chains."""
+    def default_proposal(self, noise_std=None):
+        """A normalized density close to exp f at noise level `noise_std`: the base (smoothed
+        at that σ when `smooth_base`) of a base-density model, else N(data_mean, data_cov) of
+        the training data (a float64 `tfd.Distribution`), or None without training
+        statistics. The default proposal of normalization and the start of sampling chains."""
+        if self.base is not None:
+            return self.base.as_distribution(self._base_noise_std(noise_std))
         if not self.has_data_stats:
             return None
         return partition.gaussian_from_moments(self.data_mean.numpy(), self.data_cov.numpy(),
                                                name="DataGaussian")
+
+    def _base_noise_std(self, noise_std=None):
+        """The σ the base is smoothed at (None: not smoothed)."""
+        return self.resolve_noise_std(noise_std) if self.smooth_base else None
+
+    def _base_log_prob(self, x, sigma):
+        """log q_σ(x) [batch] for sigma [batch, 1] (0 without a base), in x's dtype."""
+        if self.base is None:
+            return tf.zeros(tf.shape(x)[:1], x.dtype)
+        return tf.cast(self.base.log_prob(x, sigma[:, 0] if self.smooth_base else None),
+                       x.dtype)
 
     # ------------------------------------------------------------------------- tensor level
     def _energy(self, x, sigma, training=False):
@@ -193,6 +240,38 @@ class EnergyModel(DSMModel):
         grad = tape.gradient(f, x_noisy)
         per_example = tf.reduce_sum(tf.square(sigma * grad + noise / sigma), axis=-1)
         return weighted_mean(per_example, sample_weight)
+
+    def _residual(self, x, sigma, training=False):
+        """g(x) = f(x) − log q_σ(x) [batch] (the network's output)."""
+        raise NotImplementedError
+
+    def likelihood_loss(self, x, seed, sample_weight=None, training=False):
+        """−mean_b g(x_b) + log mean_j exp g(y_j) with y_j ~ q_σ, `num_base_samples` of them
+        (default: the batch size) drawn from `seed`: the negative log-likelihood of the batch
+        under the normalized f, up to the O(1/M) bias of the in-batch log Ẑ."""
+        m = self.num_base_samples or tf.shape(x)[0]
+        sigma = tf.fill([tf.shape(x)[0], 1], tf.cast(self.resolve_noise_std_tensor(), x.dtype))
+        y = tf.cast(self.base.sample(m, seed, sigma[0, 0] if self.smooth_base else None),
+                    x.dtype)
+        sigma_y = tf.fill([tf.shape(y)[0], 1], sigma[0, 0])
+        g_x = self._residual(x, sigma, training=training)
+        g_y = self._residual(y, sigma_y, training=training)
+        log_z = tf.reduce_logsumexp(g_y) - tf.math.log(tf.cast(m, x.dtype))
+        return -weighted_mean(g_x, sample_weight) + log_z
+
+    def resolve_noise_std_tensor(self):
+        """The model's own σ as a tensor (tensor level)."""
+        raise NotImplementedError
+
+    def training_loss(self, x, seed, sample_weight=None, training=False):
+        """The objective's loss: DSM, or the likelihood loss plus `dsm_weight` × DSM."""
+        if self.objective == "dsm":
+            return self.dsm_loss(x, seed, sample_weight, training)
+        s_lik, s_dsm = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        loss = self.likelihood_loss(x, s_lik, sample_weight, training)
+        if self.dsm_weight > 0:
+            loss = loss + self.dsm_weight * self.dsm_loss(x, s_dsm, sample_weight, training)
+        return loss
 
     # ------------------------------------------------------------------------ Keras hooks
     def predict_step(self, data):
@@ -326,15 +405,15 @@ class EnergyModel(DSMModel):
                 f"{stored:.6g}, not at {sigma:.6g}: call normalize again at that σ.")
         return sigma
 
-    def normalize(self, x_train, method: str = "is", proposal="gaussian",
+    def normalize(self, x_train=None, method: str = "is", proposal="default",
                   num_samples: int | None = None, batch_size: int | None = None, seed=None,
                   **options):
         """Estimate log Ẑ = log ∫ exp f(x) dx by Monte Carlo and store it in the model.
 
         x_train [N, d]: data the proposal is fitted to. method: "is" (importance sampling)
-        or "ais" (annealed importance sampling). proposal: "gaussian", "student_t", "gmm",
-        "smoothed" or a `tfp.distributions.Distribution` with event size d (AIS anneals from
-        it). The estimate comes with its standard error, effective sample size (ESS) and the
+        or "ais" (annealed importance sampling). proposal: "default" (the base density of a
+        base-density model, else "gaussian"), "gaussian", "student_t", "gmm", "smoothed" or
+        a `tfp.distributions.Distribution` with event size d (AIS anneals from it). The estimate comes with its standard error, effective sample size (ESS) and the
         Pareto k̂ of its weights; an unreliable estimate (small ESS or large k̂) warns (see
         `dde.partition`). num_samples: samples (IS, default 100,000) or chains (AIS, default
         1,000). seed: default the model's seed. proposal_options: options of a named
@@ -371,12 +450,23 @@ class EnergyModel(DSMModel):
                   "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}
         config["network"] = keras.saving.serialize_keras_object(self.network)
         config["seed"] = self.seed
+        if self.base is not None:
+            if not isinstance(self.base, bases.GaussianMixtureBase):
+                raise ValueError(
+                    f"This model's base ({type(self.base).__name__}) cannot be saved: only a "
+                    "GaussianMixtureBase is (dde.bases.as_base converts Gaussians and "
+                    "Gaussian mixtures).")
+            config["base"] = keras.saving.serialize_keras_object(self.base)
+        config.update(smooth_base=self.smooth_base, objective=self.objective,
+                      dsm_weight=self.dsm_weight, num_base_samples=self.num_base_samples)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        if isinstance(config.get("base"), dict):
+            config["base"] = keras.saving.deserialize_keras_object(config["base"])
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)
@@ -434,6 +524,13 @@ class DenoisingDensityEstimator(EnergyModel):
                                          initializer=keras.initializers.Constant(noise_std))
 
     def call(self, x, training=False):
+        """f(x) [batch]: the network's output (plus log q_σ(x) with a base)."""
+        g = self._residual(x, None, training=training)
+        if self.base is None:
+            return g
+        return g + self._base_log_prob(x, self._default_sigma(x))
+
+    def _residual(self, x, sigma, training=False):
         f = self.network(x, training=training)
         if len(f.shape) == 2:
             if f.shape[-1] != 1:
@@ -441,6 +538,9 @@ class DenoisingDensityEstimator(EnergyModel):
                                  f"{f.shape}.")
             f = f[:, 0]
         return f
+
+    def resolve_noise_std_tensor(self):
+        return self.noise_std.value
 
     def _energy(self, x, sigma, training=False):
         return self(x, training=training)
@@ -491,6 +591,9 @@ class NoiseConditionalDDE(EnergyModel):
     def __init__(self, network, sigma_min: float = 0.01, sigma_max: float | None = None,
                  seed: int | None = None, **kwargs):
         super().__init__(network, seed=seed, **kwargs)
+        if self.objective != "dsm":
+            raise ValueError("A NoiseConditionalDDE trains by denoising score matching "
+                             "(objective='dsm').")
         check_positive(sigma_min, "sigma_min")
         self.sigma_min = float(sigma_min)
         self.sigma_max = None
@@ -537,11 +640,16 @@ class NoiseConditionalDDE(EnergyModel):
         """f(x, σ): x [batch, d], noise_std a scalar or [batch] (default sigma_min) → [batch]."""
         return self._energy(x, self._sigma_column(x, noise_std), training=training)
 
-    def _energy(self, x, sigma, training=False):
+    def _residual(self, x, sigma, training=False):
         f = self.network([x, tf.math.log(tf.cast(sigma, x.dtype))], training=training)
         if len(f.shape) == 2:
             f = f[:, 0]
         return f
+
+    def _energy(self, x, sigma, training=False):
+        """f(x, σ) = g([x, log σ]) (+ log q_σ(x) with a base) for sigma [batch, 1]."""
+        g = self._residual(x, sigma, training=training)
+        return g if self.base is None else g + self._base_log_prob(x, sigma)
 
     def _training_noise_std(self, batch_size, seed):
         u = tf.random.stateless_uniform([batch_size, 1], seed, dtype=self.compute_dtype)

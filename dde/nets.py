@@ -135,3 +135,64 @@ def score_mlp(input_dim: int, depth: int = 3, width: int = 128, activation="swis
                                  max_frequency)
     out = layers.Dense(input_dim, name="score")(h)
     return keras.Model([x, t], out, name=name)
+
+
+@keras.saving.register_keras_serializable(package="dde")
+class UpperBound(layers.Layer):
+    """An output bounded above by c, the identity near 0: "cap" g = softplus(c) −
+    softplus(c − h) (g ≤ softplus(c) ≈ c, unbounded below, g ≈ h for h ≪ c, g(0) = 0) or
+    "tanh" g = c·tanh(h/c) (|g| < c). [batch, 1] → [batch, 1]."""
+
+    KINDS = ("cap", "tanh")
+
+    def __init__(self, bound: float = 5.0, kind: str = "cap", **kwargs):
+        super().__init__(**kwargs)
+        self.bound = float(check_positive(bound, "bound"))
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}.")
+        self.kind = kind
+
+    def call(self, h):
+        c = ops.cast(self.bound, h.dtype)
+        if self.kind == "tanh":
+            return c * ops.tanh(h / c)
+        return ops.softplus(c) - ops.softplus(c - h)
+
+    def get_config(self):
+        return {**super().get_config(), "bound": self.bound, "kind": self.kind}
+
+
+def residual_energy_mlp(input_dim: int, depth: int = 3, width: int = 128,
+                        activation="softplus", bound: float = 5.0, bound_kind: str = "cap",
+                        name: str = "residual_energy_mlp") -> keras.Model:
+    """The residual g of a base-density energy f = log q + g: an MLP `[batch, input_dim] →
+    [batch, 1]` whose last layer starts at zero (the untrained model is its base exactly) and
+    whose output is bounded above (`UpperBound`: g ≤ softplus(bound) for "cap", |g| < bound
+    for "tanh"). With sup g ≤ B, ∫ q e^g ≤ e^B < ∞ for every weight setting, and the weights
+    e^g of importance sampling from q are bounded by e^B."""
+    _check_sizes(input_dim, depth, width)
+    check_activation(activation)
+    x = keras.Input(shape=(input_dim,), name="x")
+    h = x
+    for i in range(depth):
+        h = layers.Dense(width, activation=activation, name=f"hidden_{i}")(h)
+    h = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="residual")(h)
+    out = UpperBound(bound, bound_kind, name="upper_bound")(h)
+    return keras.Model(x, out, name=name)
+
+
+def conditional_residual_energy_mlp(input_dim: int, depth: int = 3, width: int = 128,
+                                    activation="softplus", embedding_dim: int = 32,
+                                    max_frequency: float = 16.0, bound: float = 5.0,
+                                    bound_kind: str = "cap",
+                                    name: str = "conditional_residual_energy_mlp"
+                                    ) -> keras.Model:
+    """The noise-conditioned residual g([x, log σ]) of a base-density NoiseConditionalDDE:
+    as `residual_energy_mlp`, on `conditional_energy_mlp`'s trunk."""
+    _check_sizes(input_dim, depth, width)
+    check_activation(activation)
+    x, c, h = _conditioned_trunk(input_dim, depth, width, activation, embedding_dim,
+                                 max_frequency)
+    h = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="residual")(h)
+    out = UpperBound(bound, bound_kind, name="upper_bound")(h)
+    return keras.Model([x, c], out, name=name)

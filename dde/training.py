@@ -76,6 +76,11 @@ class DSMModel(keras.Model):
     def dsm_loss(self, x, seed, sample_weight=None, training=False):
         raise NotImplementedError
 
+    def training_loss(self, x, seed, sample_weight=None, training=False):
+        """The loss `fit` minimizes and `evaluate` reports: the DSM loss, unless a subclass
+        adds to it (e.g. the likelihood objective of base-density energies)."""
+        return self.dsm_loss(x, seed, sample_weight, training)
+
     def ensure_built(self, input_dim: int):
         """Build the model for inputs of `input_dim` features if it is not built yet."""
         raise NotImplementedError
@@ -110,7 +115,7 @@ class DSMModel(keras.Model):
         x = tf.cast(x, self.compute_dtype)
         seed = self._step_seed(self.optimizer.iterations)
         with tf.GradientTape() as tape:
-            loss = self.dsm_loss(x, seed, sample_weight, training=True)
+            loss = self.training_loss(x, seed, sample_weight, training=True)
             # Gradients are summed over replicas: scale the per-replica mean accordingly.
             scaled = loss / tf.cast(num_replicas(), loss.dtype)
         grads = tape.gradient(scaled, self.trainable_weights)
@@ -125,7 +130,7 @@ class DSMModel(keras.Model):
         # A separate stream from training: the seed's second word is negative.
         seed = self._step_seed(step) * tf.constant([1, -1], tf.int64) - tf.constant([0, 1],
                                                                                     tf.int64)
-        loss = self.dsm_loss(x, seed, sample_weight, training=False)
+        loss = self.training_loss(x, seed, sample_weight, training=False)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
         return {"loss": self.loss_tracker.result()}
 

@@ -187,7 +187,7 @@ def _proposal_options(proposal, proposal_options, legacy, sigma):
 
 
 def estimate_model_log_partition(model, x_train=None, method: str = "is",
-                                 proposal="gaussian", num_samples: int | None = None,
+                                 proposal="default", num_samples: int | None = None,
                                  batch_size: int | None = None, seed=None,
                                  noise_std: float | None = None,
                                  proposal_options: dict | None = None,
@@ -195,10 +195,13 @@ def estimate_model_log_partition(model, x_train=None, method: str = "is",
                                  **options) -> LogPartitionResult:
     """log Ẑ of an energy model's `exp f` (the computation behind `model.normalize`).
 
-    x_train [N, d]: the data the proposal is fitted to (not needed for a given Distribution).
-    proposal: a name registered in `dde.partition.PROPOSALS` — "gaussian" (full covariance),
-        "student_t", "gmm", "smoothed" (σ-smoothed empirical mixture, σ default the model's)
-        — or a `tfd.Distribution` with event size d.
+    x_train [N, d]: the data the proposal is fitted to (not needed for a given Distribution
+        or a base-density model's default).
+    proposal: "default" — the model's base density (smoothed at its σ) when it has one,
+        whose importance weights are exp g; otherwise "gaussian" —, a name registered in
+        `dde.partition.PROPOSALS` — "gaussian" (full covariance), "student_t", "gmm",
+        "smoothed" (σ-smoothed empirical mixture, σ default the model's) — or a
+        `tfd.Distribution` with event size d.
     proposal_options: the named proposal's options, e.g. {"n_components": 8} (gmm),
         {"df": 5.0, "scale": 1.2} (student_t), {"noise_std": 0.1} (smoothed); see
         `dde.partition.make_proposal`.
@@ -218,6 +221,11 @@ def estimate_model_log_partition(model, x_train=None, method: str = "is",
     check_model(model)
     METHODS.lookup(method)
     legacy = {k: options.pop(k) for k in list(options) if k in _LEGACY_PROPOSAL_KEYWORDS}
+    if isinstance(proposal, str) and proposal == "default":
+        if getattr(model, "base", None) is not None:
+            proposal = model.default_proposal(noise_std)
+        else:
+            proposal = "gaussian"
     d = input_dim_of(model)
     if x_train is not None:
         x_train = check_data(x_train, name="x_train", n_features=d,
