@@ -666,12 +666,19 @@ class NoiseStdSchedule(keras.callbacks.Callback):
         schedule.anneal_steps = window
         return schedule
 
+    def resume(self, batches: int, initial_noise_std: float) -> None:
+        """Continue, in the next `fit`, a schedule interrupted after `batches` batches of a
+        run that started at σ₀ = `initial_noise_std` (training resumed from a checkpoint,
+        whose model holds the σ reached, not σ₀)."""
+        self._resume = (int(batches), float(check_positive(initial_noise_std,
+                                                           "initial_noise_std")))
+
     def on_train_begin(self, logs=None):
         if not isinstance(self.model, DenoisingDensityEstimator):
             raise TypeError("NoiseStdSchedule needs a DenoisingDensityEstimator.")
-        self._sigma0 = float(self.model.noise_std.numpy())
-        self._current = self._sigma0
-        self._batches = 0
+        resumed = self.__dict__.pop("_resume", None)
+        self._batches, self._sigma0 = resumed or (0, float(self.model.noise_std.numpy()))
+        self._current = float(self.model.noise_std.numpy())
 
     def noise_std_at(self, batches: int) -> float:
         """σ after `batches` training batches."""

@@ -62,6 +62,15 @@ def weighted_mean(per_example, sample_weight=None):
     return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
 
 
+def loggable(logs: dict) -> dict:
+    """The logs of a step as Keras can reduce them: under `MultiWorkerMirroredStrategy`
+    Keras averages them across workers along axis 0, which a scalar lacks, so there each
+    value gets shape [1] (Keras returns it reduced to a scalar)."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
+
+
 class DSMModel(keras.Model):
     """A Keras model trained with its built-in denoising score-matching loss (see module)."""
 
@@ -116,7 +125,7 @@ class DSMModel(keras.Model):
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return self._logs()
+        return loggable(self._logs())
 
     def test_step(self, data):
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -127,7 +136,7 @@ class DSMModel(keras.Model):
                                                                                     tf.int64)
         loss = self.dsm_loss(x, seed, sample_weight, training=False)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return {"loss": self.loss_tracker.result()}
+        return loggable({"loss": self.loss_tracker.result()})
 
     def _logs(self):
         """What a training step reports (subclasses may add, e.g., the noise level)."""

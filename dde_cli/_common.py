@@ -86,6 +86,26 @@ def check_paths(inputs: dict, files: dict | None = None, folders: dict | None = 
             _check_output_folder(flag, Path(path), given_inputs)
 
 
+def check_work_folder(flag: str, path, others: dict) -> None:
+    """A folder a command keeps working state in across runs (checkpoints): it may exist
+    and hold files, but must not be a file, one of the `others` ({option: path}) or hold
+    one, and must be writable (or creatable)."""
+    if path is None:
+        return
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    if real.exists() and not real.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a folder.")
+    for other_flag, other in others.items():
+        if other is None:
+            continue
+        other_real = Path(os.path.realpath(other))
+        if _inside(other_real, real) or _inside(real, other_real):
+            raise ValueError(f"{flag} {path} and {other_flag} {other} overlap; give the "
+                             "checkpoints a folder of their own.")
+    _check_writable_folder(flag, path, real if real.is_dir() else real.parent)
+
+
 def _same(a: Path, b: Path) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True

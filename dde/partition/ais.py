@@ -22,7 +22,8 @@ import dde.mcmc as mcmc
 from dde._cache import compiled_function, weak
 from dde._registry import Registry
 from dde._validation import check_positive
-from dde.partition.importance import as_log_density, progress_bar, result_from_summary
+from dde.partition.importance import as_log_density, result_from_summary
+from dde.progress import progress_bar
 from dde.partition.proposals import cholesky_factor
 from dde.partition.results import LogPartitionResult
 from dde.partition.weights import group_stderr, summarize_log_weights
@@ -260,8 +261,8 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
                 tf.constant(adaptation_rate if adapt_step_size else 0.0, f64))
 
     num_groups = -(-m // batch_size)
-    chunk = max(1, num_temps // 50) if progress else num_temps
-    bar = progress_bar(num_groups * num_temps, "temperature") if progress else None
+    bar = progress_bar(num_groups * num_temps, "temperature", progress)
+    chunk = max(1, num_temps // 50) if bar is not None else num_temps
     base = tf.constant(seed, tf.int64)
     all_log_w, acc_total, acc_count, bad_total, final_h = [], 0.0, 0.0, 0, []
     for g in range(num_groups):

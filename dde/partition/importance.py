@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from dde._cache import compiled_function, weak
 from dde.partition.results import LogPartitionResult
+from dde.progress import progress_bar
 from dde.partition.weights import (finalize, is_reliable, pareto_tail_size, reported_stderr,
                                    stats_init, stats_update)
 
@@ -26,12 +27,6 @@ def as_log_density(log_density_fn, x):
         raise ValueError(f"log_density_fn must map [batch, d] to [batch]; got output shape "
                          f"{out.shape}.")
     return tf.cast(out, tf.float64)
-
-
-def progress_bar(total, unit):
-    """A Keras progress bar over `total` units."""
-    import keras
-    return keras.utils.Progbar(total, unit_name=unit)
 
 
 def _is_step(log_density_fn, proposal, jit_compile):
@@ -58,7 +53,7 @@ def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress,
     step = _is_step(log_density_fn, proposal, jit_compile)
     base = tf.constant(seed, tf.int64)
     num_batches = -(-m // batch_size)
-    bar = progress_bar(num_batches, "batch") if progress else None
+    bar = progress_bar(num_batches, "batch", progress)
     state = stats_init(pareto_tail_size(m) + 1)
     for b in range(num_batches):
         n = min(batch_size, m - b * batch_size)
