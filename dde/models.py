@@ -27,6 +27,7 @@ import dde.sampling as sampling
 from dde._cache import compiled_function, weak
 from dde._tensors import as_column
 from dde._validation import check_data, check_positive
+from dde.export import export_density
 from dde.training import DSMModel, first_component, weighted_mean
 
 _INFERENCE_BATCH = 8192
@@ -366,6 +367,16 @@ class EnergyModel(DSMModel):
         return f.astype(np.float64) - float(self.log_z.numpy())
 
     # ---------------------------------------------------------------------- serialization
+    def export(self, filepath, format="tf_saved_model", verbose=None, noise_std=None,
+               **kwargs):
+        """Write a SavedModel for serving without Python or dde into the folder `filepath`:
+        signatures `log_density`, `score` and, when normalized, `log_prob`, each taking
+        x [batch, d] float32, at noise level `noise_std` (a NoiseConditionalDDE: default
+        sigma_min); see `dde.export`. Other formats: `keras.Model.export`."""
+        if format != "tf_saved_model" or kwargs:
+            return super().export(filepath, format=format, verbose=verbose, **kwargs)
+        return export_density(self, filepath, noise_std=noise_std, progress=bool(verbose))
+
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable,
                   "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}

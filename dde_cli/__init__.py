@@ -22,7 +22,7 @@ import sys
 import warnings
 
 # Sub-command modules, in the order `dde --help` lists them.
-COMMANDS = ["fit", "sample", "normalize", "evaluate", "score"]
+COMMANDS = ["fit", "sample", "normalize", "evaluate", "score", "density", "export"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
