@@ -60,8 +60,7 @@ def run(args) -> int:
 
     detector = DDEAnomalyDetector.load(model_path)
     # float64, as the detector standardizes before its float32 model (which it checks)
-    source, chunks = stream_rows(data_path, n_features=detector.n_features_in_,
-                                 dtype="float64", allow_1d_as_column=False,
+    source, chunks = stream_rows(data_path, dtype="float64", allow_1d_as_column=False,
                                  chunk_rows=args.chunk_rows, quiet=args.quiet)
     header = source.feature_names
     names = getattr(detector, "feature_names_in_", None)
@@ -71,8 +70,16 @@ def run(args) -> int:
                          f"training features {list(map(str, names))}.")
     flagged = 0
 
+    def check_width(d):
+        if d is not None and d != detector.n_features_in_:
+            raise ValueError(f"{data_path} has {d} columns, but the detector was trained on "
+                             f"{detector.n_features_in_} features.")
+
+    check_width(source.num_features)
+
     def rows(start, x):
         nonlocal flagged
+        check_width(x.shape[1])
         try:
             with warnings.catch_warnings():  # plain arrays carry no feature names
                 warnings.filterwarnings("ignore", message=".*does not have valid feature names")
