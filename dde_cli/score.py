@@ -139,6 +139,7 @@ def add_detector_arguments(parser) -> None:
 def detector_from_args(args):
     """A `DDEAnomalyDetector` configured from parsed `dde fit` arguments."""
     from dde.anomaly import DDEAnomalyDetector
+    from dde.progress import keras_verbose
 
     params = {}
     for arg, param in (("depth", "hidden_layers"), ("width", "width"),
@@ -150,7 +151,7 @@ def detector_from_args(args):
         value = getattr(args, arg, None)
         if value is not None:
             params[param] = value
-    params["verbose"] = 0 if getattr(args, "quiet", False) else 2
+    params["verbose"] = keras_verbose(getattr(args, "quiet", False))
     return DDEAnomalyDetector(**params)
 
 
