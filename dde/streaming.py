@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from dde._io import existing_data_file, read_array
 from dde._validation import check_data
 
 #: Rows per chunk read from a file (a chunk of 10⁵ rows × 100 features is 80 MB in float64).
@@ -317,11 +318,7 @@ def open_rows(path, allow_1d_as_column: bool = True) -> RowSource:
     """The row source of a data file (by its suffix: `SUFFIXES`); ValueError naming the file
     when it is missing, a folder, unreadable or of another type. A 1-D array file is one
     column, unless `allow_1d_as_column` is false (then it is refused)."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a data file.")
-    if not path.is_file():
-        raise ValueError(f"Data file not found: {path}")
+    path = existing_data_file(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return NpySource(path, allow_1d_as_column)
@@ -330,8 +327,6 @@ def open_rows(path, allow_1d_as_column: bool = True) -> RowSource:
     if suffix == ".parquet":
         return ParquetSource(path)
     if suffix == ".npz":
-        from dde._io import read_array
-
         return ArraySource(read_array(path), name=str(path),
                            allow_1d_as_column=allow_1d_as_column)
     raise ValueError(f"Unsupported data file type '{suffix}' for {path}; use "

@@ -51,6 +51,36 @@ def check_positive_option(value, flag: str) -> None:
         raise ValueError(f"{flag} must be a positive integer, got {value}.")
 
 
+def command_parser(subparsers, name: str, doc: str, help: str):
+    """The parser of sub-command `name`, its module docstring `doc` as its description."""
+    import argparse
+
+    return subparsers.add_parser(name, help=help, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_files(parser, **helps) -> None:
+    """Required path options, one per keyword: add_files(p, model="...", out="...") adds
+    --model FILE and --out FILE (an option named `out_dir` becomes --out DIR)."""
+    for name, text in helps.items():
+        flag, _, kind = name.partition("_")
+        parser.add_argument(f"--{flag}", required=True, metavar=(kind or "file").upper(),
+                            help=text)
+
+
+def add_streaming_options(parser, verb: str, noise_std: bool = True) -> None:
+    """--noise-std (NoiseConditionalDDE's σ), --chunk-rows and --quiet of the commands that
+    stream rows through a model (`verb`: what they do to a chunk)."""
+    if noise_std:
+        parser.add_argument("--noise-std", type=float, default=None,
+                            help="NoiseConditionalDDE only: the noise level σ of f(·, σ) "
+                                 "(default: sigma_min)")
+    parser.add_argument("--chunk-rows", type=int, default=1 << 16, metavar="N",
+                        help=f"rows read, {verb} and written at a time (default: 65536): "
+                             "memory stays bounded whatever the file's size")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def check_seed(seed, flag: str = "--seed") -> None:
     """Refuse a seed outside [0, 2³¹ − 1] (None: a fresh one is drawn)."""
     if seed is not None and not 0 <= seed <= MAX_SEED:

@@ -13,26 +13,22 @@ the run with exit status 2, and nothing is written.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+#: Rows evaluated at once (the last block of a chunk is zero-padded to this size).
+BLOCK = 2048
+
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "density", help="log-density (and score) of every row of a file under a model",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="FILE", help="a saved .keras model")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="rows: .npy, .csv, .parquet or .npz (array X)")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .csv file")
-    p.add_argument("--noise-std", type=float, default=None,
-                   help="NoiseConditionalDDE only: the noise level σ of f(·, σ) (default: "
-                        "sigma_min)")
+    from dde_cli._common import add_files, add_streaming_options, command_parser
+
+    p = command_parser(subparsers, "density", __doc__,
+                       help="log-density (and score) of every row of a file under a model")
+    add_files(p, model="a saved .keras model",
+              data="rows: .npy, .csv, .parquet or .npz (array X)", out="output .csv file")
     p.add_argument("--no-score", action="store_true", help="only the log-densities")
-    p.add_argument("--chunk-rows", type=int, default=1 << 16, metavar="N",
-                   help="rows read, evaluated and written at a time (default: 65536)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_streaming_options(p, "evaluated")
     p.set_defaults(run=run)
 
 
@@ -68,17 +64,27 @@ def run(args) -> int:
                                  chunk_rows=args.chunk_rows, quiet=args.quiet)
     total = [source.num_rows]
 
-    def rows(start, x):
+    def evaluate(x):
         xt = tf.constant(x)
         cols = [f(xt)["log_density"].numpy().astype(np.float64)[:, None]]
-        fmt = ["%.9g"]
         if lp is not None:
             cols.append(lp(xt)["log_prob"].numpy()[:, None])
-            fmt.append("%.17g")
         if score is not None:
             cols.append(score(xt)["score"].numpy().astype(np.float64))
-            fmt += ["%.9g"] * d
-        table = check_finite_results(np.concatenate(cols, axis=1),
+        return np.concatenate(cols, axis=1)
+
+    fmt = ["%.9g"] + (["%.17g"] if lp is not None else []) + \
+        (["%.9g"] * d if score is not None else [])
+
+    def rows(start, x):
+        # In zero-padded blocks of one shape, so that a row's result does not depend on the
+        # rows evaluated with it (float32 products round differently per batch shape).
+        blocks = []
+        for i in range(0, len(x), BLOCK):
+            part = x[i:i + BLOCK]
+            padded = np.concatenate([part, np.zeros((BLOCK - len(part), d), part.dtype)])
+            blocks.append(evaluate(padded)[:len(part)])
+        table = check_finite_results(np.concatenate(blocks),
                                      "log-density or score", row_offset=start,
                                      total=total[0])
         line = ",".join(fmt) + "\n"

@@ -14,17 +14,16 @@ with `tf.saved_model.load(OUT).signatures["log_density"](x=...)` in any TensorFl
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "export", help="write a model or detector as a SavedModel with serving signatures",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, metavar="FILE",
-                   help="a saved .keras model or a detector .zip")
-    p.add_argument("--out", required=True, metavar="DIR", help="the SavedModel folder")
+    from dde_cli._common import add_files, command_parser
+
+    p = command_parser(subparsers, "export", __doc__,
+                       help="write a model or detector as a SavedModel with serving signatures")
+    add_files(p, model="a saved .keras model or a detector .zip",
+              out_dir="the SavedModel folder")
     p.add_argument("--noise-std", type=float, default=None,
                    help="NoiseConditionalDDE only: the noise level σ to export f(·, σ) at "
                         "(default: sigma_min)")

@@ -29,6 +29,8 @@ any error the exit status is 2 and nothing is written.
 
 
 def add_parser(subparsers) -> None:
+    from dde_cli._common import add_streaming_options
+
     p = subparsers.add_parser(
         "score", help="anomaly scores and ±1 labels of new rows with a saved detector",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,10 +41,7 @@ def add_parser(subparsers) -> None:
                    help="rows to score: .csv, .npy or .npz (array X)")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output CSV (columns score, decision, label)")
-    p.add_argument("--chunk-rows", type=int, default=1 << 16, metavar="N",
-                   help="rows read, scored and written at a time (default: 65536): memory "
-                        "stays bounded whatever the file's size")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_streaming_options(p, "scored", noise_std=False)
     p.set_defaults(run=run)
 
 

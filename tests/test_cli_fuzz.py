@@ -50,7 +50,7 @@ BASE = {
               "out/s.csv"],
     "density": ["density", "--model", "in/normalized.keras", "--data", "in/train.npy",
                 "--out", "out/d.csv", "--chunk-rows", "64", "--quiet"],
-    "export": ["export", "--model", "in/model.keras", "--out", "out/run", "--quiet"],
+    "export": ["export", "--model", "in/model.keras", "--out", "out/exported", "--quiet"],
 }
 COMMANDS = list(BASE)
 FITS = ("fit", "fit_detector")  # `dde fit` and `dde fit --detector`
@@ -364,7 +364,7 @@ def bad_output(draw, command, root, locked):
         return argv
     if kind == "folder":
         if command in FOLDER_OUTPUTS:
-            (root / "out" / "run").write_text("a file, not a folder")
+            (root / argv[argv.index("--out") + 1]).write_text("a file, not a folder")
             return argv
         (root / "out" / ("adir" + suffix)).mkdir()
         return with_option(argv, flag, f"out/adir{suffix}")
@@ -384,8 +384,9 @@ def bad_output(draw, command, root, locked):
         locked.append(folder)
         return with_option(argv, flag, target)
     if kind == "foreign":
-        (root / "out" / "run").mkdir()
-        (root / "out" / "run" / "notes.txt").write_text("mine")
+        folder = root / argv[argv.index("--out") + 1]
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
         return argv
     if kind == "holds_input":
         return with_option(argv, "--out", draw(st.sampled_from(["in", "in/..", "."])))
