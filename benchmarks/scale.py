@@ -32,22 +32,64 @@ from pathlib import Path
 
 import numpy as np
 
-RSS_WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
-               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
-               "print(r.returncode, time.perf_counter() - t, "
-               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
-               "sys.stderr.write(r.stderr[-2000:] if r.returncode else '')")
+def _status(pid):
+    """{field: kB} of /proc/PID/status's RssAnon and RssFile (empty once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in handle)
+                    if k in ("RssAnon", "RssFile", "VmHWM")}
+    except (OSError, ValueError):
+        return {}
+
+
+def _tree(pid):
+    """pid and its descendants (Linux /proc/PID/task/PID/children)."""
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            for child in handle.read().split():
+                out += _tree(int(child))
+    except OSError:
+        pass
+    return out
 
 
 def measured(argv):
-    """(seconds, peak RSS in MiB of the largest process) of running argv; raises on failure."""
-    out = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *argv], capture_output=True,
-                         text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-                                         "CUDA_VISIBLE_DEVICES": ""})
-    code, seconds, rss_kib = out.stdout.split()
-    if int(code) != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {out.stderr}")
-    return float(seconds), int(rss_kib) / 1024.0
+    """Run argv (a fresh process) and return {seconds, peak_rss_mb (the largest VmHWM of
+    a process of its tree: file-backed pages of memory-mapped inputs included),
+    peak_anon_mb (the largest anonymous RSS of one process, memory the run allocated), both
+    polled every 50 ms, stdout}. Raises on failure."""
+    import threading
+
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+                                 "CUDA_VISIBLE_DEVICES": ""})
+    result = {}
+    reader = threading.Thread(target=lambda: result.update(
+        zip(("stdout", "stderr"), proc.communicate())))
+    reader.start()
+    anon = hwm = 0
+    while reader.is_alive():
+        for pid in _tree(proc.pid):
+            status = _status(pid)
+            anon = max(anon, status.get("RssAnon", 0))
+            hwm = max(hwm, status.get("VmHWM", 0))
+        time.sleep(0.05)
+    reader.join()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result['stderr'][-2000:]}")
+    return {"seconds": seconds, "peak_rss_mb": hwm / 1024.0, "peak_anon_mb": anon / 1024.0,
+            "stdout": result["stdout"][-2000:]}
+
+
+def reported_rate(stdout):
+    """The 'N rows/s' a dde command printed (its own work, without start-up)."""
+    import re
+
+    found = re.findall(r"([\d,]+) rows/s", stdout)
+    return float(found[-1].replace(",", "")) if found else None
 
 
 def dde(*args):
@@ -93,6 +135,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scratch", type=Path, default=None)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--big-factor", type=int, default=8,
+                        help="the larger training file holds donors this many times")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "scale.json")
     args = parser.parse_args(argv)
@@ -106,26 +150,31 @@ def main(argv=None) -> int:
 
     fit_common = ["--epochs", args.epochs, "--batch-size", 512, "--quiet", "--seed", 0]
     result["fit"] = {}
-    for kind in ("npy", "csv", "parquet", "npz"):
-        out = scratch / f"run-{kind}"
-        seconds, rss = measured(dde("fit", "--data", paths[kind], "--out", out, *fit_common))
+    runs = [(kind, paths[kind], len(x)) for kind in ("npy", "csv", "parquet", "npz")]
+    big = scratch / "big.npy"  # a larger file of the same kind: memory must not follow it
+    np.save(big, np.tile(x, (args.big_factor, 1)))
+    runs.append((f"npy ×{args.big_factor}", big, args.big_factor * len(x)))
+    for kind, path, n in runs:
+        out = scratch / f"run-{kind.split()[0]}{'-big' if ' ' in kind else ''}"
+        m = measured(dde("fit", "--data", path, "--out", out, *fit_common))
         metrics = json.loads((out / "metrics.json").read_text())
         result["fit"][kind] = {
-            "peak_rss_mb": rss, "wall_seconds": seconds,
-            "training_seconds": metrics["training_seconds"],
+            "rows": n, "file_mb": path.stat().st_size / 2**20,
+            "peak_rss_mb": m["peak_rss_mb"], "peak_anon_mb": m["peak_anon_mb"],
+            "wall_seconds": m["seconds"], "training_seconds": metrics["training_seconds"],
             "training_rows_per_s": metrics["n_train"] * args.epochs
-            / metrics["training_seconds"]}
+            / metrics["training_seconds"], "final_loss": metrics["final_loss"]}
+    big.unlink()
     out = scratch / "run-workers"
-    seconds, rss = measured(dde("fit", "--data", paths["npy"], "--out", out, "--workers", 2,
-                                *fit_common))
+    m = measured(dde("fit", "--data", paths["npy"], "--out", out, "--workers", 2, *fit_common))
     two = json.loads((out / "metrics.json").read_text())
     one = result["fit"]["npy"]
     result["workers"] = {"one_process_training_seconds": one["training_seconds"],
                          "two_workers_training_seconds": two["training_seconds"],
                          "speed_up": one["training_seconds"] / two["training_seconds"],
-                         "two_workers_wall_seconds": seconds, "peak_rss_mb_per_worker": rss,
-                         "final_loss_one": json.loads(
-                             (scratch / "run-npy" / "metrics.json").read_text())["final_loss"],
+                         "two_workers_wall_seconds": m["seconds"],
+                         "peak_rss_mb_per_worker": m["peak_rss_mb"],
+                         "final_loss_one": one["final_loss"],
                          "final_loss_two": two["final_loss"]}
 
     det = scratch / "det"
@@ -139,11 +188,12 @@ def main(argv=None) -> int:
         np.save(q, rng.normal(size=(n, x.shape[1])).astype(np.float32))
         for command in ("score", "density"):
             target = det / "detector.zip" if command == "score" else model
-            seconds, rss = measured(dde(command, "--model", target, "--data", q, "--out",
-                                        scratch / f"{command}-{n}.csv", "--quiet"))
-            result["scoring"][f"{command} {n}"] = {"rows": n, "peak_rss_mb": rss,
-                                                   "wall_seconds": seconds,
-                                                   "rows_per_s_wall": n / seconds}
+            m = measured(dde(command, "--model", target, "--data", q, "--out",
+                             scratch / f"{command}-{n}.csv", "--quiet"))
+            result["scoring"][f"{command} {n}"] = {
+                "rows": n, "peak_rss_mb": m["peak_rss_mb"], "peak_anon_mb": m["peak_anon_mb"],
+                "wall_seconds": m["seconds"], "rows_per_s": reported_rate(m["stdout"])}
+            (scratch / f"{command}-{n}.csv").unlink()
         q.unlink()
 
     for name, target in (("density", model), ("detector", det / "detector.zip")):
@@ -187,20 +237,23 @@ def report(r):
     for k, v in r["streaming_rows_per_s"].items():
         print(f"| {k} | {v:,.0f} |")
     print(f"\n## dde fit --data ({r['epochs']} epoch, batch 512)\n")
-    print("| file | size (MB) | peak RSS (MB) | training rows/s | wall (s) |\n|---|---|---|---|---|")
+    print("| file | rows | size (MB) | peak RSS (MB) | peak anonymous RSS (MB) | "
+          "training rows/s | wall (s) |\n|---|---|---|---|---|---|---|")
     for k, v in r["fit"].items():
-        print(f"| .{k}{' (read whole)' if k == 'npz' else ''} | {r['file_mb'][k]:.0f} | "
-              f"{v['peak_rss_mb']:.0f} | {v['training_rows_per_s']:,.0f} | "
-              f"{v['wall_seconds']:.1f} |")
+        print(f"| .{k}{' (read whole)' if k == 'npz' else ''} | {v['rows']:,} | "
+              f"{v['file_mb']:.0f} | {v['peak_rss_mb']:.0f} | {v['peak_anon_mb']:.0f} | "
+              f"{v['training_rows_per_s']:,.0f} | {v['wall_seconds']:.1f} |")
     w = r["workers"]
     print(f"\n## Two workers on 127.0.0.1\n\none process {w['one_process_training_seconds']:.1f} s,"
           f" two workers {w['two_workers_training_seconds']:.1f} s: speed-up "
           f"{w['speed_up']:.2f}× (final loss {w['final_loss_one']:.4f} vs "
           f"{w['final_loss_two']:.4f}; peak RSS per worker {w['peak_rss_mb_per_worker']:.0f} MB)")
-    print("\n## Batch scoring\n\n| command | rows | peak RSS (MB) | rows/s (wall) |\n|---|---|---|---|")
+    print("\n## Batch scoring\n\n| command | rows | peak RSS (MB) | peak anonymous RSS (MB) | "
+          "rows/s | wall (s) |\n|---|---|---|---|---|---|")
     for k, v in r["scoring"].items():
         print(f"| dde {k.split()[0]} | {v['rows']:,} | {v['peak_rss_mb']:.0f} | "
-              f"{v['rows_per_s_wall']:,.0f} |")
+              f"{v['peak_anon_mb']:.0f} | {v['rows_per_s'] or float('nan'):,.0f} | "
+              f"{v['wall_seconds']:.1f} |")
     print(f"\n## Export parity (10,000 rows)\n\n{r['export_max_abs_diff']}")
 
 

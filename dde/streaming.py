@@ -383,7 +383,7 @@ def streaming_statistics(source: RowSource, chunk_rows: int = DEFAULT_CHUNK_ROWS
                 keys, rows = keys[best], rows[best]
     if n == 0:
         raise ValueError(f"{source.name} holds no rows"
-                         + (" in its training split." if isinstance(source, SplitSource)
+                         + (f" in its {source.part} split." if isinstance(source, SplitSource)
                             else "."))
     cov = scatter / (n - 1) if n > 1 else np.zeros_like(scatter)
     sample = rows[np.argsort(keys, kind="stable")] if rows is not None else np.zeros((0,))

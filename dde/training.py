@@ -10,7 +10,10 @@ provides what `compile` / `fit` / `evaluate` need around it:
   the per-replica loss is divided by the number of replicas R (gradients are summed);
 - `evaluate` restarts its own seed stream on every call, so it is deterministic;
 - `fit` / `evaluate` validate arrays and datasets (NaN/inf, shape, feature count) first;
-- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer.
+- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer;
+- under `MultiWorkerMirroredStrategy` (`dde.distributed`) R counts the replicas of all
+  workers, the replica id is global, and the step's logs get the shape Keras reduces
+  across workers (`loggable`).
 
 Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
 `_init_training(seed)` in `__init__` and implement `ensure_built(input_dim)`.

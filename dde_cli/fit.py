@@ -212,12 +212,16 @@ def _training_sources(args, info):
     if args.data is not None:
         source = streaming.open_rows(args.data)
         train_all = source.split(fraction, args.seed, "train")
-        stats = streaming.streaming_statistics(train_all, seed=args.seed,
-                                               progress=_progress(args))
-        n_val = train_all.rows_read - stats.count
-        if fraction > 0 and n_val == 0:
+        try:
+            stats = streaming.streaming_statistics(train_all, seed=args.seed,
+                                                   progress=_progress(args))
+        except ValueError as err:
+            if not str(err).endswith("holds no rows in its train split."):
+                raise
             raise ValueError(f"Too few samples ({train_all.rows_read}) in {args.data} for a "
-                             f"validation split of {fraction}.")
+                             f"validation split of {fraction}: every row was held out.") \
+                from None
+        n_val = train_all.rows_read - stats.count  # may be 0 for a small file
         val = source.split(fraction, args.seed, "validation", **shard) if n_val else None
         return (str(args.data), source.split(fraction, args.seed, "train", **shard), val,
                 stats, n_val)
