@@ -38,9 +38,13 @@ setup(
             "h5py>=3.10",
             # property-based tests of the command line (tests/test_cli_fuzz.py)
             "hypothesis>=6",
+            # Parquet files (dde.streaming, tests/test_streaming.py)
+            "pyarrow>=14",
         ],
+        # Parquet data files for dde fit / score / density
+        "parquet": ["pyarrow>=14"],
         "notebooks": ["jupyter", "nbformat>=5.10", "ipykernel>=6.29"],
-        "benchmarks": ["pandas>=2.0", "h5py>=3.10"],
+        "benchmarks": ["pandas>=2.0", "h5py>=3.10", "pyarrow>=14"],
     },
     entry_points={"console_scripts": ["dde=dde_cli:main"]},
     classifiers=[

@@ -4,8 +4,8 @@ Learned un-normalized log-densities trained by denoising score matching, Langevi
 Monte Carlo partition functions, a score-network branch with probability-flow likelihoods,
 and anomaly scoring.
 """
-from dde import (datasets, likelihood, mcmc, nets, ode, partition, plotting, protocols, sampling,
-                 score_sampling, sde)
+from dde import (datasets, distributed, export, likelihood, mcmc, nets, ode, partition, plotting,
+                 progress, protocols, sampling, score_sampling, sde, streaming)
 from dde.anomaly import DDEAnomalyDetector
 from dde.likelihood import ProbabilityFlow, ProbabilityFlowResult, probability_flow_log_prob
 from dde.ode import ODESolverError, ODEStatus
@@ -95,4 +95,9 @@ __all__ = [
     "DDEAnomalyDetector",
     "datasets",
     "plotting",
+    # beyond one process: streamed data, workers and checkpoints, serving export, progress
+    "streaming",
+    "distributed",
+    "export",
+    "progress",
 ]

@@ -236,17 +236,23 @@ def check_keras_archive(path, what=None) -> None:
                          "a zip archive; this one is truncated or corrupted).")
 
 
+def existing_data_file(path) -> Path:
+    """`path` as a Path; ValueError naming it when it is a folder or does not exist."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a data file.")
+    if not path.is_file():
+        raise ValueError(f"Data file not found: {path}")
+    return path
+
+
 def read_array(path) -> np.ndarray:
     """Read a 2-D numeric array from `.npy`, `.npz` (array `X`, `x`, `data` or the only one)
     or `.csv` / `.txt` (comma-separated, an optional header row of names is skipped).
 
     Raises ValueError naming the file when it is missing, unreadable or of an unknown type.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a data file.")
-    if not path.is_file():
-        raise ValueError(f"Data file not found: {path}")
+    path = existing_data_file(path)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":

@@ -11,11 +11,14 @@ import numpy as np
 
 
 def check_data(x, *, name: str = "X", n_features: int | None = None, owner: str = "the model",
-               dtype=np.float32, allow_1d_as_column: bool = False) -> np.ndarray:
+               dtype=np.float32, allow_1d_as_column: bool = False,
+               row_offset: int = 0) -> np.ndarray:
     """Validate a data matrix and return it as a C-contiguous NumPy array of `dtype`.
 
     x: array-like of shape [n, d] with n ≥ 1, d ≥ 1, finite numeric entries.
     n_features: the feature count the caller expects (None: any).
+    row_offset: the index of x's first row in a larger whole (a chunk of a file read in
+    pieces), so that messages name the rows of the whole.
     Raises TypeError for non-numeric data, ValueError for everything else, naming the problem.
     """
     if hasattr(x, "numpy") and callable(x.numpy):  # eager tf.Tensor / keras tensor
@@ -63,7 +66,8 @@ def check_data(x, *, name: str = "X", n_features: int | None = None, owner: str 
         i, j = np.argwhere(bad)[0]
         what = "NaN" if nan.any() else (
             f"infinity or a value too large for {np.dtype(dtype)} ({float(arr[i, j]):g})")
-        raise ValueError(f"Input {name} contains {what} at {_rows(bad.any(1))}, column {j}.")
+        raise ValueError(f"Input {name} contains {what} at {_rows(bad.any(1), offset=row_offset)}, "
+                         f"column {j}.")
     arr = cast
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(
@@ -84,23 +88,28 @@ def check_positive(value, name: str, *, integer: bool = False, allow_zero: bool 
     return value
 
 
-def _rows(mask, limit: int = 5) -> str:
-    """'row 3' or 'rows 3, 8, … (12 rows)' for a boolean mask over rows [n]."""
-    idx = np.flatnonzero(mask)
+def _rows(mask, limit: int = 5, offset: int = 0) -> str:
+    """'row 3' or 'rows 3, 8, … (12 rows)' for a boolean mask over rows [n] (numbered from
+    `offset`)."""
+    idx = np.flatnonzero(mask) + offset
     if len(idx) == 1:
         return f"row {idx[0]}"
     shown = ", ".join(map(str, idx[:limit]))
     return f"rows {shown}, … ({len(idx)} rows)" if len(idx) > limit else f"rows {shown}"
 
 
-def check_finite_results(values, what: str) -> np.ndarray:
+def check_finite_results(values, what: str, row_offset: int = 0,
+                         total: int | None = None) -> np.ndarray:
     """Return `values` (one result per row: [n] or [n, k]) if all are finite, else raise a
-    ValueError naming the rows whose `what` is not finite: such results are never stored."""
+    ValueError naming the rows whose `what` is not finite: such results are never stored.
+    row_offset / total: for a chunk of a larger whole, the index of its first row and the
+    size of the whole (named in the message)."""
     values = np.asarray(values)
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(1)
     if bad.any():
-        raise ValueError(f"The {what} is not finite at {_rows(bad)} of {len(values)} "
-                         "(values far outside the training data's range?).")
+        of = len(values) if total is None else total
+        raise ValueError(f"The {what} is not finite at {_rows(bad, offset=row_offset)} of "
+                         f"{of} (values far outside the training data's range?).")
     return values
 
 

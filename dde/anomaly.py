@@ -36,6 +36,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from dde._io import atomic_path, check_keras_archive
 from dde._validation import check_finite_results
+from dde.export import export_detector
 from dde.models import DenoisingDensityEstimator, EnergyModel, NoiseStdSchedule
 from dde.nets import check_activation, energy_mlp
 
@@ -446,6 +447,15 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     # -------------------------------------------------------------------------- persistence
+    def export(self, path, progress=False):
+        """Write the fitted detector as a SavedModel for serving without Python or dde into
+        the folder `path`: signatures `score_samples`, `decision_function` and `predict`,
+        each taking x [batch, n_features] float32 in the original units (standardization
+        and threshold included); see `dde.export`. Rows the detector would refuse (values
+        beyond its float32 model) give non-finite scores there."""
+        check_is_fitted(self)
+        return export_detector(self, path, progress=progress)
+
     def save(self, path) -> None:
         """Write the fitted detector (model, scaler, offset, parameters) to one zip file,
         atomically: `estimator.keras` (the Keras model) and `detector.json` (the rest)."""

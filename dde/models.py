@@ -38,10 +38,11 @@ import tensorflow as tf
 
 import dde.partition as partition
 import dde.sampling as sampling
-from dde import bases
+import dde.bases as bases
 from dde._cache import compiled_function, weak
 from dde._tensors import as_column
 from dde._validation import check_data, check_positive
+from dde.export import export_density
 from dde.training import DSMModel, first_component, weighted_mean
 
 _INFERENCE_BATCH = 8192
@@ -445,6 +446,16 @@ class EnergyModel(DSMModel):
         return f.astype(np.float64) - float(self.log_z.numpy())
 
     # ---------------------------------------------------------------------- serialization
+    def export(self, filepath, format="tf_saved_model", verbose=None, noise_std=None,
+               **kwargs):
+        """Write a SavedModel for serving without Python or dde into the folder `filepath`:
+        signatures `log_density`, `score` and, when normalized, `log_prob`, each taking
+        x [batch, d] float32, at noise level `noise_std` (a NoiseConditionalDDE: default
+        sigma_min); see `dde.export`. Other formats: `keras.Model.export`."""
+        if format != "tf_saved_model" or kwargs:
+            return super().export(filepath, format=format, verbose=verbose, **kwargs)
+        return export_density(self, filepath, noise_std=noise_std, progress=bool(verbose))
+
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable,
                   "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}
@@ -774,12 +785,19 @@ class NoiseStdSchedule(keras.callbacks.Callback):
         schedule.anneal_steps = window
         return schedule
 
+    def resume(self, batches: int, initial_noise_std: float) -> None:
+        """Continue, in the next `fit`, a schedule interrupted after `batches` batches of a
+        run that started at σ₀ = `initial_noise_std` (training resumed from a checkpoint,
+        whose model holds the σ reached, not σ₀)."""
+        self._resume = (int(batches), float(check_positive(initial_noise_std,
+                                                           "initial_noise_std")))
+
     def on_train_begin(self, logs=None):
         if not isinstance(self.model, DenoisingDensityEstimator):
             raise TypeError("NoiseStdSchedule needs a DenoisingDensityEstimator.")
-        self._sigma0 = float(self.model.noise_std.numpy())
-        self._current = self._sigma0
-        self._batches = 0
+        resumed = self.__dict__.pop("_resume", None)
+        self._batches, self._sigma0 = resumed or (0, float(self.model.noise_std.numpy()))
+        self._current = float(self.model.noise_std.numpy())
 
     def noise_std_at(self, batches: int) -> float:
         """σ after `batches` training batches."""

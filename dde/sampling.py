@@ -60,6 +60,7 @@ import dde.mcmc as mcmc
 from dde._cache import cached_functions, compiled_function, weak
 from dde._registry import Registry
 from dde._validation import check_data, check_positive, sanitize_seed
+from dde.progress import progress_bar
 from dde.protocols import EnergyModelLike, NoiseConditionalLike, input_dim_of
 
 SamplerResults = collections.namedtuple(
@@ -438,7 +439,7 @@ class _LangevinBase(keras.layers.Layer):
     @staticmethod
     def _run_with_progress(fn, holder, total, progress, *args):
         if progress:
-            holder["bar"] = keras.utils.Progbar(total, unit_name="step")
+            holder["bar"] = progress_bar(total, "step", progress)
         try:
             return fn(*args)
         finally:

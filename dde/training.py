@@ -10,7 +10,10 @@ provides what `compile` / `fit` / `evaluate` need around it:
   the per-replica loss is divided by the number of replicas R (gradients are summed);
 - `evaluate` restarts its own seed stream on every call, so it is deterministic;
 - `fit` / `evaluate` validate arrays and datasets (NaN/inf, shape, feature count) first;
-- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer.
+- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer;
+- under `MultiWorkerMirroredStrategy` (`dde.distributed`) R counts the replicas of all
+  workers, the replica id is global, and the step's logs get the shape Keras reduces
+  across workers (`loggable`).
 
 Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
 `_init_training(seed)` in `__init__` and implement `ensure_built(input_dim)`.
@@ -60,6 +63,15 @@ def weighted_mean(per_example, sample_weight=None):
         return tf.reduce_mean(per_example)
     w = tf.cast(tf.reshape(sample_weight, [-1]), per_example.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(w * per_example), tf.reduce_sum(w))
+
+
+def loggable(logs: dict) -> dict:
+    """The logs of a step as Keras can reduce them: under `MultiWorkerMirroredStrategy`
+    Keras averages them across workers along axis 0, which a scalar lacks, so there each
+    value gets shape [1] (Keras returns it reduced to a scalar)."""
+    if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
+    return logs
 
 
 class DSMModel(keras.Model):
@@ -121,7 +133,7 @@ class DSMModel(keras.Model):
         grads = tape.gradient(scaled, self.trainable_weights)
         self.optimizer.apply(grads, self.trainable_weights)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return self._logs()
+        return loggable(self._logs())
 
     def test_step(self, data):
         x, _, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -132,7 +144,7 @@ class DSMModel(keras.Model):
                                                                                     tf.int64)
         loss = self.training_loss(x, seed, sample_weight, training=False)
         self.loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
-        return {"loss": self.loss_tracker.result()}
+        return loggable({"loss": self.loss_tracker.result()})
 
     def _logs(self):
         """What a training step reports (subclasses may add, e.g., the noise level)."""

@@ -22,7 +22,7 @@ import sys
 import warnings
 
 # Sub-command modules, in the order `dde --help` lists them.
-COMMANDS = ["fit", "sample", "normalize", "evaluate", "score"]
+COMMANDS = ["fit", "sample", "normalize", "evaluate", "score", "density", "export"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     """Run `dde ARGV` (default: sys.argv[1:]); returns the exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command as given (`dde fit --workers` starts it again per worker)
     prefix = f"dde {args.command}"
     try:
         with _one_line_warnings(prefix):

@@ -44,6 +44,43 @@ class RegistryChoices:
         return iter(self.names())
 
 
+def check_positive_option(value, flag: str) -> None:
+    """Refuse an integer option that is not positive (None: not given)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError(f"{flag} must be a positive integer, got {value}.")
+
+
+def command_parser(subparsers, name: str, doc: str, help: str):
+    """The parser of sub-command `name`, its module docstring `doc` as its description."""
+    import argparse
+
+    return subparsers.add_parser(name, help=help, description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_files(parser, **helps) -> None:
+    """Required path options, one per keyword: add_files(p, model="...", out="...") adds
+    --model FILE and --out FILE (an option named `out_dir` becomes --out DIR)."""
+    for name, text in helps.items():
+        flag, _, kind = name.partition("_")
+        parser.add_argument(f"--{flag}", required=True, metavar=(kind or "file").upper(),
+                            help=text)
+
+
+def add_streaming_options(parser, verb: str, noise_std: bool = True) -> None:
+    """--noise-std (NoiseConditionalDDE's σ), --chunk-rows and --quiet of the commands that
+    stream rows through a model (`verb`: what they do to a chunk)."""
+    if noise_std:
+        parser.add_argument("--noise-std", type=float, default=None,
+                            help="NoiseConditionalDDE only: the noise level σ of f(·, σ) "
+                                 "(default: sigma_min)")
+    parser.add_argument("--chunk-rows", type=int, default=1 << 16, metavar="N",
+                        help=f"rows read, {verb} and written at a time (default: 65536): "
+                             "memory stays bounded whatever the file's size")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def check_seed(seed, flag: str = "--seed") -> None:
     """Refuse a seed outside [0, 2³¹ − 1] (None: a fresh one is drawn)."""
     if seed is not None and not 0 <= seed <= MAX_SEED:
@@ -86,6 +123,44 @@ def check_paths(inputs: dict, files: dict | None = None, folders: dict | None = 
             _check_output_folder(flag, Path(path), given_inputs)
 
 
+def check_work_folder(flag: str, path, others: dict) -> None:
+    """A folder a command keeps working state in across runs (checkpoints): it may exist
+    and hold files, but must not be a file, one of the `others` ({option: path}) or hold
+    one, and must be writable (or creatable)."""
+    if path is None:
+        return
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    if real.exists() and not real.is_dir():
+        raise ValueError(f"{flag} {path} exists and is not a folder.")
+    for other_flag, other in others.items():
+        if other is None:
+            continue
+        other_real = Path(os.path.realpath(other))
+        if _inside(other_real, real) or _inside(real, other_real):
+            raise ValueError(f"{flag} {path} and {other_flag} {other} overlap; give the "
+                             "checkpoints a folder of their own.")
+    _check_writable_folder(flag, path, real if real.is_dir() else real.parent)
+
+
+#: The file that marks a folder `dde export` wrote (a SavedModel).
+EXPORT_MARKER = "saved_model.pb"
+
+
+def check_export_folder(flag: str, path, inputs: dict) -> None:
+    """A SavedModel folder written as a whole: refused where `check_paths` refuses an output
+    folder, except that the earlier contents it may replace are those of an export."""
+    given = {k: Path(v) for k, v in inputs.items() if v is not None}
+    _check_output_folder(flag, Path(path), given, owned=is_export_folder,
+                         owner="a SavedModel")
+
+
+def is_export_folder(folder) -> bool:
+    """Whether `folder` is empty or holds a SavedModel (an earlier `dde export`)."""
+    names = [e.name for e in os.scandir(folder) if not e.name.startswith(TEMP_PREFIX)]
+    return not names or EXPORT_MARKER in names
+
+
 def _same(a: Path, b: Path) -> bool:
     if os.path.realpath(a) == os.path.realpath(b):
         return True
@@ -107,7 +182,8 @@ def _check_output_file(flag: str, path: Path) -> None:
     _check_writable_folder(flag, path, real.parent)
 
 
-def _check_output_folder(flag: str, path: Path, inputs: dict) -> None:
+def _check_output_folder(flag: str, path: Path, inputs: dict, owned=None,
+                         owner: str = "those of a dde run") -> None:
     real = Path(os.path.realpath(path))
     if real.exists() and not real.is_dir():
         raise ValueError(f"{flag} {path} exists and is not a folder.")
@@ -123,9 +199,9 @@ def _check_output_folder(flag: str, path: Path, inputs: dict) -> None:
     if real.is_dir() and not os.access(real, os.W_OK | os.X_OK):  # (a folder's rename too)
         raise ValueError(f"{flag} {path}: cannot replace this folder (permission denied or "
                          "read-only file system).")
-    if real.is_dir() and not is_run_folder(real):
-        raise ValueError(f"{flag} {path} is a folder that holds other files than those of a "
-                         "dde run, and is replaced as a whole; choose a new or empty folder.")
+    if real.is_dir() and not (owned or is_run_folder)(real):
+        raise ValueError(f"{flag} {path} is a folder that holds other files than {owner}, "
+                         "and is replaced as a whole; choose a new or empty folder.")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -194,3 +270,37 @@ def read_data(path, what: str = "data", model=None, dtype="float32",
     n_features = model.input_dim if model is not None and model.built else None
     return check_data(read_array(path), name=f"{what} file {path}", n_features=n_features,
                       owner="the model", dtype=dtype, allow_1d_as_column=allow_1d_as_column)
+
+
+# --------------------------------------------------------------- streamed rows (imports dde)
+#: Rows read, scored and written at a time by `dde score` and `dde density`.
+CHUNK_ROWS = 1 << 16
+
+
+def stream_rows(path, what: str = "data", n_features=None, dtype="float32",
+                allow_1d_as_column: bool = True, chunk_rows: int = CHUNK_ROWS,
+                quiet: bool = False):
+    """(source, iterator of validated chunks (start, rows)) of a data file read in chunks
+    (`dde.streaming.open_rows`), with a progress bar on a terminal unless quiet."""
+    from dde.progress import chunks_with_progress, show_progress
+    from dde.streaming import open_rows
+
+    source = open_rows(path, allow_1d_as_column=allow_1d_as_column)
+    source.name = f"{what} file {path}"
+    chunks = source.chunks(chunk_rows, dtype=dtype, n_features=n_features)
+    return source, chunks_with_progress(chunks, source.num_rows, "row", show_progress(quiet))
+
+
+def write_csv_stream(out, header: str, chunks, format_rows) -> int:
+    """Write `header` and, for each chunk (start, rows), the text `format_rows(start, rows)`
+    to `out` through one temporary, moved into place only when every chunk succeeded (so an
+    error in the last chunk leaves no output); returns the rows written."""
+    from dde._io import atomic_path
+
+    n = 0
+    with atomic_path(out) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(header + "\n")
+        for start, rows in chunks:
+            handle.write(format_rows(start, rows))
+            n += len(rows)
+    return n

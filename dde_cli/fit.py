@@ -3,6 +3,11 @@
     dde fit --out runs/demo                      # the embedded default data set (8gaussians)
     dde fit --dataset breast_cancer --out runs/bc
     dde fit --data mydata.csv --epochs 200 --noise-std 0.2 --out runs/mine
+    dde fit --data big.npy --workers 2 --checkpoint-dir ckpt --out runs/big
+
+--data files (.npy memory-mapped, .csv, .parquet; .npz is read whole) are streamed: the mean
+and covariance in one pass, training from a shuffled tf.data pipeline, the validation rows
+chosen by a stable hash of the row index, so memory stays bounded for files larger than it.
 
 σ starts at --initial-noise-std and decays geometrically to --noise-std, the level whose
 smoothed density the model learns, within the first 60 % of the batches (faster when the run
@@ -74,6 +79,18 @@ def add_parser(subparsers) -> None:
                         "softplus and swish)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    dist = p.add_argument_group("beyond one process (density models)")
+    dist.add_argument("--workers", type=int, default=None, metavar="N",
+                      help="train with N worker processes on this machine (127.0.0.1), "
+                           "synchronously (MultiWorkerMirroredStrategy); on a cluster, start "
+                           "`dde fit` on every machine with its TF_CONFIG instead")
+    dist.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                      help="save the training state there after every epoch and resume from "
+                           "it: a killed run started again with the same options continues "
+                           "after its last completed epoch (shared storage for a cluster)")
+    dist.add_argument("--worker-report", default=None, metavar="FILE",
+                      help="also write this worker's metrics (loss history, a SHA-256 of its "
+                           "final weights) as JSON; every worker may write one")
     p.add_argument("--detector", action="store_true",
                    help="train a DDEAnomalyDetector (standardization, σ choice and threshold "
                         "inside) on all training rows instead, and write OUT/detector.zip and "
@@ -128,7 +145,8 @@ def _check_args(args) -> None:
     from dde._validation import check_positive
     from dde_cli._common import check_seed
 
-    for flag in ("epochs", "batch_size", "depth", "width", "decay_every", "num_samples"):
+    for flag in ("epochs", "batch_size", "depth", "width", "decay_every", "num_samples",
+                 "workers"):
         if getattr(args, flag) is not None:
             check_positive(getattr(args, flag), "--" + flag.replace("_", "-"), integer=True)
     for flag in ("learning_rate", "noise_std", "initial_noise_std", "decay_factor"):
@@ -159,50 +177,171 @@ def noise_schedule(args, total_steps: int):
 
 
 def run(args) -> int:
-    from dde_cli._common import check_paths
+    from dde_cli._common import check_paths, check_work_folder
 
     if not args.detector:  # a detector has its own defaults: it gets only the options given
         args = argparse.Namespace(**{**vars(args), **{
             k: v for k, v in _DENSITY_DEFAULTS.items() if getattr(args, k) is None}})
     _check_args(args)
-    check_paths({"--data": args.data}, folders={"--out": args.out})
-    x_train, x_val, data_name = load_training_data(args)
+    check_paths({"--data": args.data}, folders={"--out": args.out},
+                files={"--worker-report": args.worker_report})
+    check_work_folder("--checkpoint-dir", args.checkpoint_dir,
+                      {"--data": args.data, "--out": args.out,
+                       "--worker-report": args.worker_report})
     if args.detector:
+        if args.workers is not None or args.checkpoint_dir is not None:
+            raise ValueError("--workers and --checkpoint-dir train a density model; they do "
+                             "not apply with --detector.")
+        x_train, x_val, data_name = load_training_data(args)
         return _run_detector(args, x_train, x_val, data_name, Path(args.out))
+    if args.workers is not None:
+        from dde_cli.workers import launch_local_workers
+
+        return launch_local_workers(args)
+    return _run_density(args)
+
+
+def _training_sources(args, info):
+    """(name, source of the training rows of this worker, of the validation rows (or None),
+    one-pass statistics of all training rows, n_validation) — streamed from --data, or the
+    arrays of a toy or bundled set."""
+    from dde import streaming
+
+    fraction = args.validation_split
+    shard = dict(shard=info.index, num_shards=info.num_workers)
+    if args.data is not None:
+        source = streaming.open_rows(args.data)
+        train_all = source.split(fraction, args.seed, "train")
+        try:
+            stats = streaming.streaming_statistics(train_all, seed=args.seed,
+                                                   progress=_progress(args))
+        except ValueError as err:
+            if not str(err).endswith("holds no rows in its train split."):
+                raise
+            raise ValueError(f"Too few samples ({train_all.rows_read}) in {args.data} for a "
+                             f"validation split of {fraction}: every row was held out.") \
+                from None
+        n_val = train_all.rows_read - stats.count  # may be 0 for a small file
+        val = source.split(fraction, args.seed, "validation", **shard) if n_val else None
+        return (str(args.data), source.split(fraction, args.seed, "train", **shard), val,
+                stats, n_val)
+    x_train, x_val, name = load_training_data(args)
+    train = streaming.ArraySource(x_train, name=name)
+    stats = streaming.streaming_statistics(train, seed=args.seed)
+    val = None
+    if x_val is not None:
+        val = streaming.ArraySource(x_val, name=name).split(0.0, args.seed, **shard)
+    return (name, train.split(0.0, args.seed, **shard), val, stats,
+            0 if x_val is None else len(x_val))
+
+
+def source_of(split):
+    """The same split of the same rows for all workers (shard 0 of 1)."""
+    return split.source.split(split.fraction, split.seed, split.part)
+
+
+def validation_loss(model, dataset) -> float:
+    """The denoising loss on `dataset` with noise fixed by the model's seed, computed in
+    this process alone (outside any strategy), batch-weighted."""
+    import tensorflow as tf
+
+    loss = tf.function(lambda x, seed: model.dsm_loss(x, seed), reduce_retracing=True)
+    total, n = 0.0, 0
+    for k, batch in enumerate(dataset):
+        seed = tf.constant([model.seed, -(k + 1)], tf.int64)
+        total += float(loss(tf.cast(batch, model.compute_dtype), seed)) * int(batch.shape[0])
+        n += int(batch.shape[0])
+    return total / max(n, 1)
+
+
+def _barrier(strategy) -> None:
+    """Under a multi-worker strategy, wait until every worker got here (one all-reduce),
+    so that no worker leaves while the chief still writes."""
+    import tensorflow as tf
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _progress(args):
+    from dde.progress import show_progress
+
+    return show_progress(args.quiet)
+
+
+def _run_density(args) -> int:
+    """Train a DenoisingDensityEstimator from a streamed file or an in-memory set, on this
+    process or as one worker of a `TF_CONFIG` cluster."""
+    from dde.distributed import strategy_for, task_info
+
+    info = task_info()
+    strategy = strategy_for(info)  # first: collective ops are configured at start-up
 
     import keras
     import numpy as np
 
     import dde
-    from dde import _io
+    from dde import _io, streaming
+    from dde.distributed import TrainingCheckpoint, weights_digest
+    from dde.progress import keras_verbose
 
     keras.utils.set_random_seed(args.seed)
-    d = x_train.shape[1]
-    total_steps = args.epochs * int(np.ceil(len(x_train) / args.batch_size))
+    data_name, train, val, stats, n_val = _training_sources(args, info)
+    d = stats.mean.shape[0]
+    steps = streaming.steps_per_epoch(stats.count, args.batch_size)
+    total_steps = args.epochs * steps
     schedule = noise_schedule(args, total_steps)
-    network = dde.nets.energy_mlp(d, depth=args.depth, width=args.width,
-                                  activation=args.activation)
-    model = dde.DenoisingDensityEstimator(network, noise_std=args.initial_noise_std,
-                                          seed=args.seed)
-    learning_rate = args.learning_rate
-    if args.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate, total_steps)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    print(f"dde fit: {data_name}: {len(x_train)} training points, d = {d}"
-          + (f", {len(x_val)} validation points" if x_val is not None else ""))
+    with strategy.scope():
+        network = dde.nets.energy_mlp(d, depth=args.depth, width=args.width,
+                                      activation=args.activation)
+        model = dde.DenoisingDensityEstimator(network, noise_std=args.initial_noise_std,
+                                              seed=args.seed)
+        learning_rate = args.learning_rate
+        if args.lr_schedule == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(args.learning_rate,
+                                                                   total_steps)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+        model.ensure_built(d)
+        model.data_mean.assign(stats.mean)
+        model.data_cov.assign(stats.cov)
+        callbacks = [schedule] if schedule is not None else []
+        initial_epoch = 0
+        if args.checkpoint_dir is not None:
+            checkpoint = TrainingCheckpoint(model, args.checkpoint_dir, info=info)
+            initial_epoch = min(checkpoint.restore(), args.epochs)
+            if schedule is not None and initial_epoch:
+                schedule.resume(initial_epoch * steps, args.initial_noise_std)
+            callbacks.append(checkpoint)
+    dataset = streaming.training_dataset(train, args.batch_size, seed=args.seed,
+                                         first_epoch=initial_epoch)
+    # One process validates every epoch; workers of a cluster would each need the same
+    # number of validation batches, so there the chief validates once, at the end.
+    per_epoch_validation = val is not None and info.num_workers == 1
+    val_data = (streaming.evaluation_dataset(val, args.batch_size, num_rows=n_val)
+                if per_epoch_validation else None)
+    where = (f" (worker {info.index} of {info.num_workers}, "
+             f"{strategy.num_replicas_in_sync} replicas)" if info.num_workers > 1 else "")
+    print(f"dde fit: {data_name}: {stats.count} training points, d = {d}"
+          + (f", {n_val} validation points" if n_val else "") + where
+          + (f"; resumed after epoch {initial_epoch}" if initial_epoch else ""))
     start = time.perf_counter()
-    history = model.fit(x_train, epochs=args.epochs, batch_size=args.batch_size,
-                        validation_data=(x_val,) if x_val is not None else None,
-                        callbacks=[schedule] if schedule is not None else [],
-                        verbose=0 if args.quiet else 2)
+    history = model.fit(dataset, epochs=args.epochs, steps_per_epoch=steps,
+                        initial_epoch=initial_epoch, validation_data=val_data,
+                        callbacks=callbacks, verbose=keras_verbose(args.quiet))
     seconds = time.perf_counter() - start
-    _check_training(history, model, x_train)
+    _check_training(history, model, stats.sample, stats)
+    final_val_loss = (float(history.history["val_loss"][-1])
+                      if history.history.get("val_loss") else None)
+    if val is not None and not per_epoch_validation and info.is_chief:
+        final_val_loss = validation_loss(model, streaming.evaluation_dataset(
+            source_of(val), args.batch_size))
 
     final_sigma = float(model.noise_std.numpy())
+    losses = history.history.get("loss", [])
     metrics = {
         "data": data_name,
-        "n_train": int(len(x_train)),
-        "n_validation": int(len(x_val)) if x_val is not None else 0,
+        "n_train": int(stats.count),
+        "n_validation": int(n_val),
         "dimension": int(d),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
@@ -217,28 +356,42 @@ def run(args) -> int:
         "noise_schedule": None if schedule is None else {
             "factor": schedule.factor, "every_n_batches": schedule.every_n_batches,
             "final_from_batch": schedule.final_batch, "total_batches": total_steps},
-        "final_loss": float(history.history["loss"][-1]),
-        "final_val_loss": (float(history.history["val_loss"][-1])
-                           if "val_loss" in history.history else None),
+        "final_loss": float(losses[-1]) if losses else None,
+        "final_val_loss": final_val_loss,
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
         "training_seconds": seconds,
         "seed": args.seed,
+        "workers": info.num_workers,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "resumed_from_epoch": initial_epoch,
+        "weights_sha256": weights_digest(model),
     }
+    if args.worker_report is not None:  # every worker may write one
+        _io.write_json(args.worker_report, {"worker": info.index, **metrics})
+    if not info.is_chief:
+        _barrier(strategy)
+        print(f"dde fit: worker {info.index} done in {seconds:.1f} s (the chief writes "
+              f"{args.out}/)")
+        return 0
     with _io.replaced_folder(args.out) as folder:
         _io.save_keras(model, folder / "model.keras")
         _io.write_json(folder / "metrics.json", metrics)
-        _write_plots(model, history, x_train, folder)
+        _write_plots(model, history, stats.sample, folder)
+    _barrier(strategy)
     print(f"dde fit: final loss {metrics['final_loss']:.4f}"
-          + (f", validation loss {metrics['final_val_loss']:.4f}"
-             if metrics["final_val_loss"] is not None else "")
+          if metrics["final_loss"] is not None else "dde fit: no epoch left to train",
+          end="")
+    print((f", validation loss {metrics['final_val_loss']:.4f}"
+           if metrics["final_val_loss"] is not None else "")
           + f", σ = {final_sigma:.4g}, {seconds:.1f} s; wrote {args.out}/")
     return 0
 
 
-def _check_training(history, model, x_train) -> None:
+def _check_training(history, model, x_train, stats=None) -> None:
     """A run whose losses or energies are not finite, or whose energies are absurd (beyond
     what float32 log-densities resolve, as for data far from unit scale), is an error:
-    nothing of it is written."""
+    nothing of it is written. x_train: the training rows (or a sample of them); stats:
+    their `DataStatistics` (for the data's range)."""
     import numpy as np
 
     from dde._validation import check_finite_results
@@ -255,7 +408,15 @@ def _check_training(history, model, x_train) -> None:
         raise ValueError(f"The learned log-density reaches |f| = {np.abs(f).max():.3g} on the "
                          f"training data (> {MAX_ABS_LOG_Z:g}, where float32 no longer "
                          "resolves log-densities): the data are far from unit scale "
-                         f"(|x| up to {np.abs(x_train).max():.3g}); standardize them.")
+                         f"(|x| up to {_largest(x_train, stats):.3g}); standardize them.")
+
+
+def _largest(x, stats) -> float:
+    import numpy as np
+
+    if stats is None:
+        return float(np.abs(x).max())
+    return float(max(np.abs(stats.minimum).max(), np.abs(stats.maximum).max()))
 
 
 def _run_detector(args, x_train, x_val, data_name, out: Path) -> int:

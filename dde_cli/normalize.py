@@ -88,6 +88,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from dde import _io
     from dde._validation import check_positive
+    from dde.progress import show_progress
     from dde_cli._common import check_paths, check_seed, load_model, read_data
 
     for name in ("num_samples", "batch_size"):
@@ -113,7 +114,7 @@ def run(args) -> int:
 
     model = load_model(args.model)
     x = read_data(args.data, model=model)
-    options = dict(progress=not args.quiet, min_ess=args.min_ess,
+    options = dict(progress=show_progress(args.quiet), min_ess=args.min_ess,
                    on_low_ess="raise" if args.refuse_low_ess else "warn")
     if args.method == "ais":
         options.update(num_steps=args.num_steps, schedule=args.schedule, kernel=args.kernel,

@@ -106,6 +106,7 @@ def run(args) -> int:
 
     from dde import _io
     from dde.models import NoiseConditionalDDE
+    from dde.progress import show_progress
     from dde_cli._common import load_model, read_data
 
     model = load_model(args.model)
@@ -119,7 +120,8 @@ def run(args) -> int:
 
     start = time.perf_counter()
     results = model.sample(args.n, method=args.method, init=init, num_steps=args.steps,
-                           step_size=args.step_size, seed=args.seed, progress=not args.quiet,
+                           step_size=args.step_size, seed=args.seed,
+                           progress=show_progress(args.quiet),
                            return_results=True, **_sampler_options(args))
     seconds = time.perf_counter() - start
     samples = np.asarray(results.samples, dtype=np.float32)

@@ -19,7 +19,9 @@ Anomaly scores of new rows with a saved anomaly detector.
 
 Writes a CSV with one row per input row and the columns `score` (log-density in the original
 units, higher = more normal), `decision` (score − the detector's threshold) and `label`
-(+1 inlier, −1 outlier). Data: .csv (an optional header row of names), .npy or .npz (array X).
+(+1 inlier, −1 outlier). Data: .csv (an optional header row of names), .npy (memory-mapped),
+.parquet or .npz (array X), read, scored and written in chunks, so files larger than memory
+work; the output appears only once every row is scored.
 A file whose number of columns (or header names) differs from the training data's is refused,
 and so is a row the detector cannot score (e.g. a value too large for its float32 model). On
 any error the exit status is 2 and nothing is written.
@@ -27,6 +29,8 @@ any error the exit status is 2 and nothing is written.
 
 
 def add_parser(subparsers) -> None:
+    from dde_cli._common import add_streaming_options
+
     p = subparsers.add_parser(
         "score", help="anomaly scores and ±1 labels of new rows with a saved detector",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,57 +41,62 @@ def add_parser(subparsers) -> None:
                    help="rows to score: .csv, .npy or .npz (array X)")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output CSV (columns score, decision, label)")
+    add_streaming_options(p, "scored", noise_std=False)
     p.set_defaults(run=run)
 
 
-def _csv_header(path: Path):
-    """Column names of a CSV whose first row is not numeric, else None."""
-    if path.suffix.lower() not in (".csv", ".txt"):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        cells = [c.strip() for c in handle.readline().strip().split(",")]
-    try:
-        [float(c) for c in cells if c]
-    except ValueError:
-        return cells
-    return None
-
-
 def run(args) -> int:
-    from dde_cli._common import check_paths
+    from dde_cli._common import check_paths, check_positive_option
 
     model_path, data_path, out = Path(args.model), Path(args.data), Path(args.out)
+    check_positive_option(args.chunk_rows, "--chunk-rows")
     check_paths({"--model": model_path, "--data": data_path}, files={"--out": out})
 
-    from dde._io import write_text
+    import numpy as np
+
     from dde.anomaly import DDEAnomalyDetector
-    from dde_cli._common import read_data
+    from dde_cli._common import stream_rows, write_csv_stream
 
     detector = DDEAnomalyDetector.load(model_path)
     # float64, as the detector standardizes before its float32 model (which it checks)
-    x = read_data(data_path, dtype="float64", allow_1d_as_column=False)
-    header = _csv_header(data_path)
+    source, chunks = stream_rows(data_path, dtype="float64", allow_1d_as_column=False,
+                                 chunk_rows=args.chunk_rows, quiet=args.quiet)
+    header = source.feature_names
     names = getattr(detector, "feature_names_in_", None)
     if header is not None and names is not None and len(header) == len(names) \
             and list(header) != [str(n) for n in names]:
         raise ValueError(f"{data_path}: the column names {header} differ from the detector's "
                          f"training features {list(map(str, names))}.")
-    if x.shape[1] != detector.n_features_in_:
-        raise ValueError(f"{data_path} has {x.shape[1]} columns, but the detector was trained "
-                         f"on {detector.n_features_in_} features.")
-    try:
-        with warnings.catch_warnings():  # plain arrays carry no feature names
-            warnings.filterwarnings("ignore", message=".*does not have valid feature names")
-            scores = detector.score_samples(x)
-            decision = detector.decision_function(x)
-            labels = detector.predict(x)
-    except ValueError as err:
-        raise ValueError(f"{data_path}: {err}") from err
-    lines = ["score,decision,label"]
-    lines += [f"{s:.17g},{d:.17g},{lab:d}" for s, d, lab in zip(scores, decision, labels)]
-    write_text(out, "\n".join(lines) + "\n")
-    print(f"dde score: {len(scores)} rows, {int((labels == -1).sum())} flagged as outliers "
-          f"(threshold {detector.offset_:.6g}); wrote {out}")
+    flagged = 0
+
+    def check_width(d):
+        if d is not None and d != detector.n_features_in_:
+            raise ValueError(f"{data_path} has {d} columns, but the detector was trained on "
+                             f"{detector.n_features_in_} features.")
+
+    check_width(source.num_features)
+
+    def rows(start, x):
+        nonlocal flagged
+        check_width(x.shape[1])
+        try:
+            with warnings.catch_warnings():  # plain arrays carry no feature names
+                warnings.filterwarnings("ignore", message=".*does not have valid feature names")
+                scores = detector.score_samples(x)
+        except ValueError as err:
+            raise ValueError(f"{data_path} (rows {start}–{start + len(x) - 1}): {err}") \
+                from err
+        decision = scores - detector.offset_
+        labels = np.where(decision < 0, -1, 1)
+        flagged += int((labels == -1).sum())
+        return "".join(f"{s:.17g},{d:.17g},{lab:d}\n"
+                       for s, d, lab in zip(scores, decision, labels))
+
+    start = time.perf_counter()
+    n = write_csv_stream(out, "score,decision,label", chunks, rows)
+    seconds = time.perf_counter() - start
+    print(f"dde score: {n} rows, {flagged} flagged as outliers (threshold "
+          f"{detector.offset_:.6g}), {n / max(seconds, 1e-9):,.0f} rows/s; wrote {out}")
     return 0
 
 
@@ -129,6 +138,7 @@ def add_detector_arguments(parser) -> None:
 def detector_from_args(args):
     """A `DDEAnomalyDetector` configured from parsed `dde fit` arguments."""
     from dde.anomaly import DDEAnomalyDetector
+    from dde.progress import keras_verbose
 
     params = {}
     for arg, param in (("depth", "hidden_layers"), ("width", "width"),
@@ -140,7 +150,7 @@ def detector_from_args(args):
         value = getattr(args, arg, None)
         if value is not None:
             params[param] = value
-    params["verbose"] = 0 if getattr(args, "quiet", False) else 2
+    params["verbose"] = keras_verbose(getattr(args, "quiet", False))
     return DDEAnomalyDetector(**params)
 
 

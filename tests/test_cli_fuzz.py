@@ -48,20 +48,29 @@ BASE = {
                  "--json", "out/e.json"],
     "score": ["score", "--model", "in/detector.zip", "--data", "in/train.csv", "--out",
               "out/s.csv"],
+    "density": ["density", "--model", "in/normalized.keras", "--data", "in/train.npy",
+                "--out", "out/d.csv", "--chunk-rows", "64", "--quiet"],
+    "export": ["export", "--model", "in/model.keras", "--out", "out/exported", "--quiet"],
 }
 COMMANDS = list(BASE)
 FITS = ("fit", "fit_detector")  # `dde fit` and `dde fit --detector`
+FOLDER_OUTPUTS = FITS + ("export",)  # commands whose --out is a folder written as a whole
 DATA_FLAG = {"fit": "--data", "fit_detector": "--data", "sample": "--init",
-             "normalize": "--data", "evaluate": "--data", "score": "--data"}
-MODEL_COMMANDS = ["sample", "normalize", "evaluate", "score"]
+             "normalize": "--data", "evaluate": "--data", "score": "--data",
+             "density": "--data"}
+DATA_COMMANDS = [c for c in COMMANDS if c in DATA_FLAG]
+MODEL_COMMANDS = ["sample", "normalize", "evaluate", "score", "density", "export"]
 INPUTS = {"fit": ["--data"], "fit_detector": ["--data"], "sample": ["--model", "--init"],
           "normalize": ["--model", "--data"], "evaluate": ["--model", "--data"],
-          "score": ["--model", "--data"]}
+          "score": ["--model", "--data"], "density": ["--model", "--data"],
+          "export": ["--model"]}
 OUTPUTS = {"fit": ["--out"], "fit_detector": ["--out"], "sample": ["--out", "--plot"],
-           "normalize": ["--out", "--json"], "evaluate": ["--json"], "score": ["--out"]}
+           "normalize": ["--out", "--json"], "evaluate": ["--json"], "score": ["--out"],
+           "density": ["--out"], "export": ["--out"]}
 SUFFIX = {("sample", "--out"): ".npy", ("sample", "--plot"): ".png",
           ("normalize", "--out"): ".keras", ("normalize", "--json"): ".json",
-          ("evaluate", "--json"): ".json", ("score", "--out"): ".csv"}
+          ("evaluate", "--json"): ".json", ("score", "--out"): ".csv",
+          ("density", "--out"): ".csv"}
 
 
 def with_option(argv, flag, value):
@@ -215,7 +224,7 @@ def place(root, name, content):
 @settings(max_examples=80, **SETTINGS)
 @given(data=st.data())
 def test_bad_data_files_are_refused(data, capsys, tmp_path, tiny_artifacts):
-    command = data.draw(st.sampled_from(COMMANDS), label="command")
+    command = data.draw(st.sampled_from(DATA_COMMANDS), label="command")
     suffix, content = data.draw(bad_data_file(command), label="file")
     with case_folder(tmp_path, tiny_artifacts) as (root, _):
         name = place(root, "bad" + suffix, content)
@@ -335,8 +344,8 @@ def bad_output(draw, command, root, locked):
                                  "read_only"] + (["coincide"] if command in ("sample",
                                                                             "normalize")
                                                  else [])
-                                + (["foreign", "holds_input", "cwd"] if command in FITS
-                                   else [])))
+                                + (["foreign", "holds_input", "cwd"]
+                                   if command in FOLDER_OUTPUTS else [])))
     inputs = [f for f in INPUTS[command]
               if not (command == "normalize" and flag == "--out" and f == "--model")]
     if kind in ("input", "link", "hardlink"):
@@ -354,8 +363,8 @@ def bad_output(draw, command, root, locked):
         os.symlink(root / "out" / "s.npy", root / "out" / "s.png")  # --plot → --out's file
         return argv
     if kind == "folder":
-        if command in FITS:
-            (root / "out" / "run").write_text("a file, not a folder")
+        if command in FOLDER_OUTPUTS:
+            (root / argv[argv.index("--out") + 1]).write_text("a file, not a folder")
             return argv
         (root / "out" / ("adir" + suffix)).mkdir()
         return with_option(argv, flag, f"out/adir{suffix}")
@@ -366,16 +375,18 @@ def bad_output(draw, command, root, locked):
     if kind == "read_only":
         folder = root / "out" / "locked"
         folder.mkdir()
-        if command in FITS and draw(st.booleans()):
+        if command in FOLDER_OUTPUTS and draw(st.booleans()):
             target = "out/locked"  # the folder to replace is itself unwritable
         else:
-            target = "out/locked/run" if command in FITS else f"out/locked/x{suffix}"
+            target = ("out/locked/run" if command in FOLDER_OUTPUTS
+                      else f"out/locked/x{suffix}")
         lock_folder(folder)
         locked.append(folder)
         return with_option(argv, flag, target)
     if kind == "foreign":
-        (root / "out" / "run").mkdir()
-        (root / "out" / "run" / "notes.txt").write_text("mine")
+        folder = root / argv[argv.index("--out") + 1]
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
         return argv
     if kind == "holds_input":
         return with_option(argv, "--out", draw(st.sampled_from(["in", "in/..", "."])))
@@ -419,6 +430,10 @@ OPTIONS = {
                   ("--df", st.sampled_from(["2", "1.5", "0", "nan"])),
                   ("--smoothing-std", BAD_FLOATS), ("--noise-std", st.sampled_from(["0.1"]))],
     "evaluate": [("--batch-size", NONPOSITIVE), ("--noise-std", st.sampled_from(["0.1"]))],
+    "score": [("--chunk-rows", NONPOSITIVE)],
+    "density": [("--chunk-rows", NONPOSITIVE), ("--noise-std", st.sampled_from(["0.1"])),
+                ("--noise-std", BAD_FLOATS)],
+    "export": [("--noise-std", st.sampled_from(["0.1"])), ("--noise-std", BAD_FLOATS)],
     "fit_detector": [("--contamination", st.sampled_from(["0", "0.9", "-0.1", "nan"])),
                      ("--max-steps", NONPOSITIVE), ("--width", NONPOSITIVE),
                      ("--detector-noise-std", BAD_FLOATS), ("--seed", BAD_SEEDS),

@@ -27,10 +27,11 @@ import dde.mcmc as mcmc
 from dde._cache import compiled_function, weak
 from dde._registry import Registry
 from dde._validation import check_positive
-from dde.partition.importance import as_log_density, progress_bar, result_from_summary
+from dde.partition.importance import as_log_density, result_from_summary
 from dde.partition.proposals import cholesky_factor
 from dde.partition.results import LogPartitionResult
 from dde.partition.weights import group_stderr, reported_stderr, summarize_log_weights
+from dde.progress import progress_bar
 
 SCHEDULES = Registry("AIS schedule")
 
@@ -296,8 +297,8 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
     base = tf.constant(seed, tf.int64)
     num_reverse = 0 if reference_samples is None else min(len(reference_samples), m)
     total = (-(-m // batch_size) + -(-num_reverse // batch_size)) * num_temps
-    chunk = max(1, num_temps // 50) if progress else num_temps
-    bar = progress_bar(total, "temperature") if progress else None
+    bar = progress_bar(total, "temperature", progress)
+    chunk = max(1, num_temps // 50) if bar is not None else num_temps
     all_log_w, stats = run(
         betas, m, lambda g, n, s: proposal.sample(n, seed=tf.cast(s, tf.int32)), base, 0)
     acc_total, acc_count = stats["accepted"], stats["transitions"]

@@ -16,6 +16,7 @@ from dde._cache import compiled_function, weak
 from dde.partition.results import LogPartitionResult
 from dde.partition.weights import (coverage_check, finalize, is_reliable, pareto_tail_size,
                                    reported_stderr, stats_init, stats_update)
+from dde.progress import progress_bar
 
 
 def as_log_density(log_density_fn, x):
@@ -27,12 +28,6 @@ def as_log_density(log_density_fn, x):
         raise ValueError(f"log_density_fn must map [batch, d] to [batch]; got output shape "
                          f"{out.shape}.")
     return tf.cast(out, tf.float64)
-
-
-def progress_bar(total, unit):
-    """A Keras progress bar over `total` units."""
-    import keras
-    return keras.utils.Progbar(total, unit_name=unit)
 
 
 def _is_step(log_density_fn, proposal, jit_compile):
@@ -60,7 +55,7 @@ def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress,
     step = _is_step(log_density_fn, proposal, jit_compile)
     base = tf.constant(seed, tf.int64)
     num_batches = -(-m // batch_size)
-    bar = progress_bar(num_batches, "batch") if progress else None
+    bar = progress_bar(num_batches, "batch", progress)
     state = stats_init(pareto_tail_size(m) + 1)
     kept = []
     for b in range(num_batches):
