@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from dde._validation import check_data, check_positive
-from dde.training import DSMModel, first_component, weighted_mean
+from dde.training import DSMModel, mean_and_covariance, weighted_mean
 
 _INFERENCE_BATCH = 8192
 
@@ -151,27 +151,10 @@ class EnergyModel(DSMModel):
         self._store_data_stats(x)
 
     def _store_data_stats(self, x):
-        if isinstance(x, tf.data.Dataset):
-            if x.cardinality() < 0:  # infinite or unknown: do not iterate
-                return
-            total, outer, n = 0.0, 0.0, 0
-            for batch in x:
-                b = np.asarray(first_component(batch), dtype=np.float64)
-                total = total + b.sum(0)
-                outer = outer + b.T @ b
-                n += b.shape[0]
-            if n == 0:
-                raise ValueError("The training dataset is empty.")
-            mean = total / n
-            cov = outer / n - np.outer(mean, mean)
-            cov = cov * n / max(n - 1, 1)
-        else:
-            x64 = np.asarray(x, dtype=np.float64)
-            mean = x64.mean(0)
-            cov = np.atleast_2d(np.cov(x64, rowvar=False)) if len(x64) > 1 else np.zeros(
-                (x64.shape[1],) * 2)
-        self.data_mean.assign(mean)
-        self.data_cov.assign(cov)
+        stats = mean_and_covariance(x)
+        if stats is not None:
+            self.data_mean.assign(stats[0])
+            self.data_cov.assign(stats[1])
 
     # -------------------------------------------------------------------------- NumPy level
     def _check_query(self, x, name="x"):
@@ -288,18 +271,15 @@ class EnergyModel(DSMModel):
 
     # ---------------------------------------------------------------------- serialization
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable,
-                  "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}
+        config = self.base_config()
         config["network"] = keras.saving.serialize_keras_object(self.network)
         config["seed"] = self.seed
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = cls._deserialize_dtype(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)
 
     # ---------------------------------------------------------------------------- sampling
