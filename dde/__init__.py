@@ -2,10 +2,12 @@
 
 Learned un-normalized log-densities trained by denoising score matching, Langevin samplers,
 Monte Carlo partition functions, a score-network branch with probability-flow likelihoods,
-and anomaly scoring.
+normalizing flows (MAF, rational-quadratic neural spline flows) and anomaly scoring.
 """
-from dde import datasets, likelihood, nets, partition, plotting, sampling, score_sampling, sde
+from dde import (datasets, flows, likelihood, nets, partition, plotting, sampling, score_sampling,
+                 sde)
 from dde.anomaly import DDEAnomalyDetector
+from dde.flows import NormalizingFlow
 from dde.likelihood import (
     ODESolverError,
     ProbabilityFlow,
@@ -52,6 +54,9 @@ __all__ = [
     "NoiseConditionalDDE",
     "NoiseStdSchedule",
     "nets",
+    # normalizing flows
+    "NormalizingFlow",
+    "flows",
     # normalization
     "AverageLogLikelihood",
     "LogPartitionResult",
