@@ -40,6 +40,12 @@ training data's mean and covariance (plus a ridge of 1e-6 times its mean varianc
 first `fit` (or `adapt`); log|det ∂u/∂x| = −Σ_i log L_ii. The untrained whitened flow is then
 N(m, Σ).
 
+Learned tails (`learn_tails=True`): next, a learnable elementwise sinh–arcsinh map
+(`tfp.bijectors.SinhArcsinh`, inverted; the identity at initialization) whose tail weight can
+compress far-out values polynomially, so that the density's tails can be heavier than the
+Gaussian base's — which, through identity spline tails, give a point k standard deviations
+from the data a log-density near −k²/2.
+
 Shapes: x, z [batch, d]; log p [batch]; conditioner outputs [batch, d, P], P = 2 (affine) or
 3K − 1 (spline) parameters per coordinate.
 
@@ -425,6 +431,40 @@ class Whitening(FlowLayer):
         return {**super().get_config(), "input_dim": self.input_dim}
 
 
+@keras.saving.register_keras_serializable(package="dde")
+class SinhArcsinhTails(FlowLayer):
+    """A learnable elementwise sinh–arcsinh map u_i = sinh(asinh(x_i / m_i)/τ_i − s_i), the
+    inverse of `tfp.bijectors.SinhArcsinh(skewness=s, tailweight=τ)` (m_i its output
+    multiplier), with τ_i = exp(2·tanh(t_i/2)) ∈ [e⁻², e²]. τ > 1 compresses large |x|
+    polynomially (|u| ~ |x|^{1/τ}), so a Gaussian-tailed flow behind it has heavy (power-law)
+    tails in x; s and t start at 0, the identity."""
+
+    def __init__(self, input_dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim = int(check_positive(input_dim, "input_dim", integer=True))
+
+    def build(self, input_shape):
+        self.skewness = self.add_weight(shape=(self.input_dim,), initializer="zeros",
+                                        name="skewness")
+        self.log_tailweight = self.add_weight(shape=(self.input_dim,), initializer="zeros",
+                                              name="log_tailweight")
+
+    def _bijector(self):
+        tailweight = tf.exp(2.0 * tf.tanh(self.log_tailweight / 2.0))
+        return tfb.SinhArcsinh(skewness=self.skewness, tailweight=tailweight)
+
+    def call(self, x):
+        bijector = self._bijector()
+        log_det = bijector.inverse_log_det_jacobian(x, event_ndims=0)
+        return bijector.inverse(x), tf.reduce_sum(log_det, axis=-1)
+
+    def inverse(self, z):
+        return self._bijector().forward(z)
+
+    def get_config(self):
+        return {**super().get_config(), "input_dim": self.input_dim}
+
+
 def _make_transform(transform, num_bins, tail_bound, min_bin_width, min_bin_height,
                     min_slope, log_scale_clip):
     if transform == "affine":
@@ -535,6 +575,10 @@ class NormalizingFlow(BuiltinLossModel):
         permutation: "reverse" (the order reversed between layers) or "random" (fixed
             random permutations drawn from the seed).
         whiten: start with a fixed whitening u = L⁻¹(x − m) set by the first `fit`.
+        learn_tails: then a learnable elementwise sinh–arcsinh layer (`SinhArcsinhTails`,
+            the identity at initialization) that can give the density heavier (power-law)
+            or lighter tails than the Gaussian base: the spline's identity tails otherwise
+            give a point k standard deviations out a log-density near −k²/2.
         log_scale_clip: bound c of the affine log-scale, c·tanh(a/c).
         min_bin_width, min_bin_height, min_slope: lower bounds of the spline's bins and
             interior knot derivatives.
@@ -553,7 +597,7 @@ class NormalizingFlow(BuiltinLossModel):
                  structure: str = "autoregressive", num_layers: int = 5,
                  hidden_units=(128, 128), num_bins: int = 8, tail_bound: float = 3.0,
                  activation="relu", permutation: str = "reverse", whiten: bool = False,
-                 log_scale_clip: float = 5.0, min_bin_width: float = 1e-3,
+                 learn_tails: bool = False, log_scale_clip: float = 5.0, min_bin_width: float = 1e-3,
                  min_bin_height: float = 1e-3, min_slope: float = 1e-3,
                  max_grad_norm: float | None = 10.0, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -570,6 +614,7 @@ class NormalizingFlow(BuiltinLossModel):
         self.activation = activation
         self.permutation = _check_choice(permutation, "permutation", PERMUTATIONS)
         self.whiten = bool(whiten)
+        self.learn_tails = bool(learn_tails)
         self.log_scale_clip = float(check_positive(log_scale_clip, "log_scale_clip"))
         for name, value in (("min_bin_width", min_bin_width),
                             ("min_bin_height", min_bin_height)):
@@ -595,6 +640,9 @@ class NormalizingFlow(BuiltinLossModel):
             self.whitening = Whitening(self.input_dim, dtype=self.dtype_policy,
                                        name="whitening")
             self.flow_layers.append(self.whitening)
+        if self.learn_tails:
+            self.flow_layers.append(SinhArcsinhTails(self.input_dim, dtype=self.dtype_policy,
+                                                     name="tails"))
         layer_cls = AutoregressiveLayer if structure == "autoregressive" else CouplingLayer
         perms = self._permutations()
         for i in range(self.num_layers):
@@ -751,7 +799,7 @@ class NormalizingFlow(BuiltinLossModel):
         """log p(x): [n, d] → [n] float64 (NumPy, validated, batched, compiled)."""
         x = check_data(x, name="x", n_features=self.input_dim, owner=type(self).__name__,
                        dtype=self.compute_dtype)
-        return self._run_batched("log_prob", self.call, tf.constant(x),
+        return self._run_batched("log_prob", lambda v: self(v), tf.constant(x),
                                  batch_size).astype(np.float64)
 
     def sample(self, n: int, seed=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
@@ -761,7 +809,7 @@ class NormalizingFlow(BuiltinLossModel):
         n = int(check_positive(n, "n", integer=True))
         pair = stateless_seed_pair(seed, SAMPLE_SALT)
         z = tf.random.stateless_normal([n, self.input_dim], pair, dtype=self.compute_dtype)
-        return self._run_batched("from_latent", self.from_latent, z, batch_size)
+        return self._run_batched("from_latent", lambda v: self.from_latent(v), z, batch_size)
 
     # ---------------------------------------------------------------------- serialization
     def get_config(self):
@@ -771,7 +819,8 @@ class NormalizingFlow(BuiltinLossModel):
                 "num_bins": self.num_bins, "tail_bound": self.tail_bound,
                 "activation": _serialize_activation(self.activation),
                 "permutation": self.permutation,
-                "whiten": self.whiten, "log_scale_clip": self.log_scale_clip,
+                "whiten": self.whiten, "learn_tails": self.learn_tails,
+                "log_scale_clip": self.log_scale_clip,
                 "min_bin_width": self.min_bin_width, "min_bin_height": self.min_bin_height,
                 "min_slope": self.min_slope, "max_grad_norm": self.max_grad_norm,
                 "seed": self.seed}
