@@ -308,7 +308,7 @@ class SplineTransform:
     (`tfp.bijectors.RationalQuadraticSpline`): params [..., 3K − 1] = (K widths, K heights,
     K − 1 interior derivatives), unconstrained; all zero is the identity."""
 
-    def __init__(self, num_bins: int = 8, tail_bound: float = 3.0,
+    def __init__(self, num_bins: int = 8, tail_bound: float = 5.0,
                  min_bin_width: float = 1e-3, min_bin_height: float = 1e-3,
                  min_slope: float = 1e-3):
         self.num_bins = int(num_bins)
@@ -435,9 +435,12 @@ class Whitening(FlowLayer):
 class SinhArcsinhTails(FlowLayer):
     """A learnable elementwise sinh–arcsinh map u_i = sinh(asinh(x_i / m_i)/τ_i − s_i), the
     inverse of `tfp.bijectors.SinhArcsinh(skewness=s, tailweight=τ)` (m_i its output
-    multiplier), with τ_i = exp(2·tanh(t_i/2)) ∈ [e⁻², e²]. τ > 1 compresses large |x|
+    multiplier), with τ_i = exp(2·tanh(max(t_i, 0)/2)) ∈ [1, e²]. τ > 1 compresses large |x|
     polynomially (|u| ~ |x|^{1/τ}), so a Gaussian-tailed flow behind it has heavy (power-law)
-    tails in x; s and t start at 0, the identity."""
+    tails in x. τ < 1 is excluded: it would stretch large |x| exponentially (|u| ~
+    |x|^{1/τ}/…, sinh of a multiple of asinh x), and a trained MAF that used it gave single
+    held-out points log-densities of −143 on magic.gamma's validation split. s and t start at
+    0, the identity (the gradient in t at 0 is that of the τ > 1 side)."""
 
     def __init__(self, input_dim: int, **kwargs):
         super().__init__(**kwargs)
@@ -450,7 +453,8 @@ class SinhArcsinhTails(FlowLayer):
                                               name="log_tailweight")
 
     def _bijector(self):
-        tailweight = tf.exp(2.0 * tf.tanh(self.log_tailweight / 2.0))
+        # tf.maximum passes the gradient to its first argument at a tie (t = 0).
+        tailweight = tf.exp(2.0 * tf.tanh(tf.maximum(self.log_tailweight, 0.0) / 2.0))
         return tfb.SinhArcsinh(skewness=self.skewness, tailweight=tailweight)
 
     def call(self, x):
@@ -476,7 +480,7 @@ class _TransformLayer(FlowLayer):
     """Shared arguments of the autoregressive and coupling layers (see `NormalizingFlow`)."""
 
     def __init__(self, input_dim: int, transform: str = "spline", hidden_units=(128, 128),
-                 activation="relu", num_bins: int = 8, tail_bound: float = 3.0,
+                 activation="relu", num_bins: int = 8, tail_bound: float = 5.0,
                  min_bin_width: float = 1e-3, min_bin_height: float = 1e-3,
                  min_slope: float = 1e-3, log_scale_clip: float = 5.0,
                  seed: int | None = None, **kwargs):
@@ -577,7 +581,7 @@ class NormalizingFlow(BuiltinLossModel):
         whiten: start with a fixed whitening u = L⁻¹(x − m) set by the first `fit`.
         learn_tails: then a learnable elementwise sinh–arcsinh layer (`SinhArcsinhTails`,
             the identity at initialization) that can give the density heavier (power-law)
-            or lighter tails than the Gaussian base: the spline's identity tails otherwise
+            tails than the Gaussian base: the spline's identity tails otherwise
             give a point k standard deviations out a log-density near −k²/2.
         log_scale_clip: bound c of the affine log-scale, c·tanh(a/c).
         min_bin_width, min_bin_height, min_slope: lower bounds of the spline's bins and
@@ -595,7 +599,7 @@ class NormalizingFlow(BuiltinLossModel):
 
     def __init__(self, input_dim: int, transform: str = "spline",
                  structure: str = "autoregressive", num_layers: int = 5,
-                 hidden_units=(128, 128), num_bins: int = 8, tail_bound: float = 3.0,
+                 hidden_units=(128, 128), num_bins: int = 8, tail_bound: float = 5.0,
                  activation="relu", permutation: str = "reverse", whiten: bool = False,
                  learn_tails: bool = False, log_scale_clip: float = 5.0, min_bin_width: float = 1e-3,
                  min_bin_height: float = 1e-3, min_slope: float = 1e-3,
@@ -839,7 +843,7 @@ def masked_autoregressive_flow(input_dim: int, num_layers: int = 5, hidden_units
 
 
 def neural_spline_flow(input_dim: int, structure: str = "autoregressive", num_layers: int = 5,
-                       hidden_units=(128, 128), num_bins: int = 8, tail_bound: float = 3.0,
+                       hidden_units=(128, 128), num_bins: int = 8, tail_bound: float = 5.0,
                        **kwargs) -> NormalizingFlow:
     """An RQ-NSF: `num_layers` rational-quadratic spline layers with `num_bins` bins on
     [−tail_bound, tail_bound], autoregressive (RQ-NSF (AR)) or coupling (RQ-NSF (C)).

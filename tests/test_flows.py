@@ -21,7 +21,7 @@ KIND_IDS = [f"{t}-{s}" for t, s in KINDS]
 
 
 def small_flow(d, transform="spline", structure="autoregressive", **kwargs):
-    options = dict(num_layers=2, hidden_units=(16, 16), num_bins=5, seed=3)
+    options = dict(num_layers=2, hidden_units=(16, 16), num_bins=5, tail_bound=3.0, seed=3)
     options.update(kwargs)
     return flows.NormalizingFlow(d, transform=transform, structure=structure, **options)
 
