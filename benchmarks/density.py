@@ -1,8 +1,10 @@
-"""Density estimation on tabular data: the DDE against KDE, a Gaussian mixture, a masked
-autoregressive flow and a score network's probability-flow likelihood, on the same splits.
+"""Density estimation on tabular data: the DDE against KDE, a Gaussian mixture, two
+normalizing flows (a masked autoregressive flow and a rational-quadratic neural spline flow)
+and a score network's probability-flow likelihood, on the same splits.
 
     python benchmarks/density.py --dataset NAME[,NAME...] [--data-dir DIR] [--quick]
                                  [--methods M1,M2] [--max-steps N] [--seed S] [--out FILE]
+                                 [--nsf-structure autoregressive|coupling] [--threads N]
 
 NAME is anything `dde.datasets.load_dataset` accepts: scikit-learn's UCI sets (`iris`,
 `wine`, `breast_cancer`, `digits`), ADBench files (`adbench:magic.gamma`, …, in DIR or
@@ -17,9 +19,18 @@ the reported number):
   rows (a random subset on larger sets);
 - GMM: `sklearn.mixture.GaussianMixture` (full covariances), the number of components from
   1, 2, 4, … by validation log-likelihood;
-- MAF: `tfp.bijectors.MaskedAutoregressiveFlow` layers (MADE networks, order reversed
-  between layers, log-scales soft-clipped to ±5) on a standard normal base, Adam, early
-  stopping on the validation log-likelihood (best weights restored);
+- MAF and RQ-NSF: `dde.flows` normalizing flows on a standard normal base, trained by
+  maximum likelihood with Keras (Adam, gradient norm clipped, non-finite batches skipped and
+  counted, the learning rate halved on validation plateaus) with early stopping on the
+  validation log-likelihood (best weights restored). MAF: 5 affine autoregressive layers
+  (MADE conditioners 2 × 128, ReLU, log-scales soft-clipped to ±5, the order reversed between
+  layers). RQ-NSF: 5 rational-quadratic spline layers (`tfp.bijectors.RationalQuadraticSpline`,
+  8 bins on [−5, 5], identity tails; MADE 2 × 128), autoregressive by default
+  (`--nsf-structure coupling` for the coupling variant). Both start with a learnable
+  sinh–arcsinh tail layer (`learn_tails`), so that points far out in heavy-tailed data do not
+  get Gaussian-tail log-densities. Sizes, tail bound, tail layer, learning rate (1e-3) and
+  batch size (256) were chosen on the validation splits of iris, wine, magic.gamma and
+  annthyroid (`flows_dev.py`, benchmarks/README.md);
 - DDE: `dde.DenoisingDensityEstimator` on a softplus `energy_mlp` plus a fixed Gaussian
   envelope −‖x‖²/18 (so that exp f is integrable). Per architecture one model is trained
   along a decreasing σ path (0.4 → 0.05, warm-started, Adam, early stopping on the
@@ -58,9 +69,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-METHODS = ("KDE", "GMM", "MAF", "DDE-IS", "DDE-AIS", "ScoreNet-PF")
-LABELS = {"KDE": "KDE", "GMM": "GMM", "MAF": "MAF", "DDE-IS": "DDE (IS)",
+METHODS = ("KDE", "GMM", "MAF", "RQ-NSF", "DDE-IS", "DDE-AIS", "ScoreNet-PF")
+LABELS = {"KDE": "KDE", "GMM": "GMM", "MAF": "MAF", "RQ-NSF": "RQ-NSF", "DDE-IS": "DDE (IS)",
           "DDE-AIS": "DDE (AIS)", "ScoreNet-PF": "ScoreNet (PF)"}
+FLOWS = ("MAF", "RQ-NSF")  # the flow peers; the DDE is compared with every peer
 _START = time.perf_counter()
 
 
@@ -78,6 +90,19 @@ class Budget:
     maf_hidden: list = field(default_factory=lambda: [128, 128])
     maf_max_steps: int = 8000
     maf_patience: int = 15          # validation checks without improvement
+    nsf_structure: str = "autoregressive"   # or "coupling"
+    nsf_layers: int = 5
+    nsf_hidden: list = field(default_factory=lambda: [128, 128])
+    nsf_bins: int = 8
+    nsf_tail_bound: float = 5.0
+    nsf_max_steps: int = 8000
+    nsf_patience: int = 15
+    flow_learning_rate: float = 1e-3
+    flow_weight_decay: float = 0.0  # Adam's decoupled weight decay (0: none)
+    flow_batch_size: int = 256
+    flow_whiten: bool = False       # a fixed whitening layer from the training data
+    flow_learn_tails: bool = True   # a learnable sinh–arcsinh tail layer (dde.flows)
+    flow_max_grad_norm: float = 10.0
     batch_size: int = 256
     learning_rate: float = 1e-3
     # The DDE's σ path: one model per architecture, trained at each σ in turn (warm start).
@@ -104,7 +129,9 @@ class Budget:
     def quick(cls) -> "Budget":
         return cls(kde_bandwidths=np.geomspace(0.1, 1.0, 4).tolist(), kde_max_validation=500,
                    gmm_components=[1, 2], gmm_max_iter=100, maf_layers=2, maf_hidden=[16, 16],
-                   maf_max_steps=30, maf_patience=3, batch_size=64,
+                   maf_max_steps=30, maf_patience=3, nsf_layers=2, nsf_hidden=[16, 16],
+                   nsf_bins=4, nsf_max_steps=30, nsf_patience=3, flow_batch_size=64,
+                   batch_size=64,
                    dde_noise_stds=[0.5, 0.3], dde_architectures=[[2, 32]], dde_max_steps=40,
                    dde_patience=3, select_ais_chains=32,
                    select_ais_steps=10, final_is_samples=4000, final_is_proposals=["gaussian"],
@@ -139,9 +166,9 @@ def result(test_ll, *, val_all=None, train_time, eval_time, **extra) -> dict:
     return out
 
 
-def _batch_size(n: int, budget: Budget) -> int:
-    """The batch size, reduced on small training sets so that an epoch has ≥ 4 steps."""
-    return int(max(8, min(budget.batch_size, n // 4)))
+def _batch_size(n: int, batch_size: int) -> int:
+    """`batch_size`, reduced on small training sets so that an epoch has ≥ 4 steps."""
+    return int(max(8, min(batch_size, n // 4)))
 
 
 # --------------------------------------------------------------------------- baselines
@@ -244,104 +271,74 @@ def run_gmm(splits, budget: Budget, seed: int) -> dict:
                   candidates={str(k): s for k, s in scores.items()})
 
 
-def _made_shift_and_log_scale(made, clip: float = 5.0):
-    import tensorflow as tf
+# ------------------------------------------------------------------------------ flows
+def build_flow(d: int, method: str, budget: Budget, seed: int):
+    """The `dde.flows` model of a flow method ("MAF" or "RQ-NSF") on R^d."""
+    from dde import flows
 
-    def fn(x):
-        shift, log_scale = tf.unstack(made(x), num=2, axis=-1)
-        return shift, clip * tf.tanh(log_scale / clip)
-
-    return fn
-
-
-def build_maf(d: int, layers: int, hidden, seed: int):
-    """(distribution, trainable variables) of a masked autoregressive flow on R^d.
-
-    `layers` `tfb.MaskedAutoregressiveFlow` bijectors, each with a MADE
-    (`tfb.AutoregressiveNetwork`, ReLU, `hidden` units) giving shift and soft-clipped
-    log-scale, the variable order reversed between layers; base N(0, I).
-    """
-    import tensorflow as tf
-    import tensorflow_probability as tfp
-    import tf_keras
-
-    tfb, tfd = tfp.bijectors, tfp.distributions
-    bijectors, mades = [], []
-    for i in range(layers):
-        made = tfb.AutoregressiveNetwork(
-            params=2, event_shape=[d], hidden_units=list(hidden), activation="relu",
-            kernel_initializer=tf_keras.initializers.GlorotUniform(seed=seed + i))
-        mades.append(made)
-        bijectors.append(tfb.MaskedAutoregressiveFlow(
-            shift_and_log_scale_fn=_made_shift_and_log_scale(made)))
-        if i < layers - 1 and d > 1:
-            bijectors.append(tfb.Permute(permutation=list(range(d))[::-1]))
-    flow = tfd.TransformedDistribution(
-        tfd.MultivariateNormalDiag(loc=tf.zeros(d)), tfb.Chain(bijectors[::-1]))
-    flow.log_prob(tf.zeros([1, d]))  # create the variables
-    variables = [v for made in mades for v in made.trainable_variables]
-    return flow, variables
+    common = dict(whiten=budget.flow_whiten, learn_tails=budget.flow_learn_tails,
+                  max_grad_norm=budget.flow_max_grad_norm, seed=seed)
+    if method == "MAF":
+        return flows.masked_autoregressive_flow(d, num_layers=budget.maf_layers,
+                                                hidden_units=budget.maf_hidden, **common)
+    return flows.neural_spline_flow(d, structure=budget.nsf_structure,
+                                    num_layers=budget.nsf_layers,
+                                    hidden_units=budget.nsf_hidden, num_bins=budget.nsf_bins,
+                                    tail_bound=budget.nsf_tail_bound, **common)
 
 
-def _batched_log_prob(fn, x, batch: int = 8192) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, len(x), batch)])
+def fit_flow(splits, method: str, budget: Budget, seed: int):
+    """(flow, training record) of a flow method trained on the training split by maximum
+    likelihood with early stopping on the validation split (best weights restored)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)  # the order of the training batches
+    flow = build_flow(splits.dim, method, budget, seed)
+    if method == "MAF":
+        max_steps, patience = budget.maf_max_steps, budget.maf_patience
+    else:
+        max_steps, patience = budget.nsf_max_steps, budget.nsf_patience
+    steps, val_loss, history = _fit_keras(flow, splits, budget, max_steps, patience, method,
+                                          learning_rate=budget.flow_learning_rate,
+                                          batch_size=budget.flow_batch_size,
+                                          weight_decay=budget.flow_weight_decay)
+    skipped = int(sum(history.history.get("skipped_steps", [])))
+    return flow, {"steps": steps, "skipped_steps": skipped, "val_loss": val_loss}
+
+
+def _flow_selection(method: str, budget: Budget) -> dict:
+    if method == "MAF":
+        sizes = {"layers": budget.maf_layers, "hidden": list(budget.maf_hidden)}
+    else:
+        sizes = {"structure": budget.nsf_structure, "layers": budget.nsf_layers,
+                 "hidden": list(budget.nsf_hidden), "bins": budget.nsf_bins,
+                 "tail_bound": budget.nsf_tail_bound}
+    return {**sizes, "whiten": budget.flow_whiten, "learn_tails": budget.flow_learn_tails,
+            "learning_rate": budget.flow_learning_rate,
+            "weight_decay": budget.flow_weight_decay, "batch_size": budget.flow_batch_size}
+
+
+def run_flow(splits, budget: Budget, seed: int, method: str) -> dict:
+    """A flow (`fit_flow`) and its test log-likelihoods."""
+    t0 = time.perf_counter()
+    flow, record = fit_flow(splits, method, budget, seed)
+    val_all = float(np.mean(flow.log_prob(splits.validation)))
+    t1 = time.perf_counter()
+    test_ll = flow.log_prob(splits.test)
+    return result(test_ll, val_all=val_all, train_time=t1 - t0,
+                  eval_time=time.perf_counter() - t1,
+                  selected={**_flow_selection(method, budget), "steps": record["steps"]},
+                  skipped_steps=record["skipped_steps"])
 
 
 def run_maf(splits, budget: Budget, seed: int) -> dict:
-    """MAF trained by maximum likelihood with early stopping on the validation split."""
-    import tensorflow as tf
-    import tf_keras
+    """The masked autoregressive flow (`run_flow`)."""
+    return run_flow(splits, budget, seed, "MAF")
 
-    t0 = time.perf_counter()
-    x, val = splits.train, splits.validation
-    flow, variables = build_maf(x.shape[1], budget.maf_layers, budget.maf_hidden, seed)
-    opt = tf_keras.optimizers.Adam(budget.learning_rate)
-    batch = _batch_size(len(x), budget)
 
-    opt.build(variables)  # the slots exist before tracing the conditional update
-
-    @tf.function(reduce_retracing=True)
-    def step(xb):
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(flow.log_prob(xb))
-        grads = tape.gradient(loss, variables)
-        grads, norm = tf.clip_by_global_norm(grads, 100.0)
-        # A batch with a non-finite loss or gradient is skipped (counted), not applied.
-        ok = tf.math.is_finite(loss) & tf.math.is_finite(norm)
-        return tf.cond(ok, lambda: _apply(grads), lambda: tf.constant(1, tf.int64))
-
-    def _apply(grads):
-        opt.apply_gradients(zip(grads, variables))
-        return tf.constant(0, tf.int64)
-
-    log_prob = tf.function(flow.log_prob, reduce_retracing=True)
-    steps_per_epoch = max(int(math.ceil(len(x) / batch)), budget.min_steps_per_epoch)
-    rng = np.random.default_rng(seed)
-    best, best_weights, bad, steps, order = -np.inf, None, 0, 0, np.array([], int)
-    skipped = 0
-    while steps < budget.maf_max_steps and bad < budget.maf_patience:
-        for _ in range(steps_per_epoch):
-            if len(order) < batch:
-                order = np.concatenate([order, rng.permutation(len(x))])
-            idx, order = order[:batch], order[batch:]
-            skipped += int(step(tf.constant(x[idx])))
-            steps += 1
-        val_ll = _batched_log_prob(log_prob, val)
-        score = float(np.mean(val_ll)) if np.isfinite(val_ll).all() else -np.inf
-        if score > best:
-            best, best_weights, bad = score, [v.numpy() for v in variables], 0
-        else:
-            bad += 1
-        if (steps // steps_per_epoch) % 10 == 0:
-            log(f"  MAF step {steps}: validation ALL {score:.3f} (best {best:.3f})")
-    if best_weights is not None:
-        for v, w in zip(variables, best_weights):
-            v.assign(w)
-    t1 = time.perf_counter()
-    test_ll = _batched_log_prob(log_prob, splits.test)
-    return result(test_ll, val_all=best, train_time=t1 - t0, eval_time=time.perf_counter() - t1,
-                  selected={"layers": budget.maf_layers, "hidden": list(budget.maf_hidden)},
-                  steps=steps, skipped_steps=skipped)
+def run_nsf(splits, budget: Budget, seed: int) -> dict:
+    """The rational-quadratic neural spline flow (`run_flow`)."""
+    return run_flow(splits, budget, seed, "RQ-NSF")
 
 
 # -------------------------------------------------------------------------------- DDE
@@ -361,13 +358,16 @@ class _Progress:
 
 
 def _fit_keras(model, splits, budget: Budget, max_steps: int, patience: int, label: str,
-               compile: bool = True):
+               compile: bool = True, learning_rate: float | None = None,
+               batch_size: int | None = None, weight_decay: float = 0.0):
     """Adam + early stopping on val_loss (best weights restored); returns (steps run, best
-    validation loss). compile=False continues with the model's optimizer (and its state)."""
+    validation loss, the Keras History). compile=False continues with the model's optimizer
+    (and its state). learning_rate, batch_size: default the budget's; weight_decay: Adam's
+    decoupled weight decay (0: none)."""
     import keras
 
     n = len(splits.train)
-    batch = _batch_size(n, budget)
+    batch = _batch_size(n, batch_size or budget.batch_size)
     steps_per_epoch = int(math.ceil(n / batch))
     # Small sets: several passes per "epoch" so that validation runs every ≥ N steps.
     repeat = max(1, int(math.ceil(budget.min_steps_per_epoch / steps_per_epoch)))
@@ -377,13 +377,15 @@ def _fit_keras(model, splits, budget: Budget, max_steps: int, patience: int, lab
                                                restore_best_weights=True),
                  _Progress(label, every=max(1, epochs // 5))]
     if compile:
-        model.compile(optimizer=keras.optimizers.Adam(budget.learning_rate))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate or budget.learning_rate,
+                                                      weight_decay=weight_decay or None))
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(2, patience // 2)))
     history = model.fit(x, epochs=epochs, batch_size=batch, validation_data=splits.validation,
                         callbacks=callbacks, verbose=0, shuffle=True)
     n_epochs = len(history.history["loss"])
-    return n_epochs * repeat * steps_per_epoch, float(np.min(history.history["val_loss"]))
+    return (n_epochs * repeat * steps_per_epoch, float(np.min(history.history["val_loss"])),
+            history)
 
 
 def _normalize(model, x_train, method: str, samples: int, steps: int, proposal="gaussian",
@@ -458,8 +460,8 @@ def run_dde(splits, budget: Budget, seed: int) -> dict:
             label = f"DDE σ={sigma:.3g} {depth}×{width}"
             tc = time.perf_counter()
             model.noise_std.assign(sigma)
-            steps, val_loss = _fit_keras(model, splits, budget, stage_steps,
-                                         budget.dde_patience, label, compile=False)
+            steps, val_loss, _ = _fit_keras(model, splits, budget, stage_steps,
+                                            budget.dde_patience, label, compile=False)
             total_steps += steps
             z = _normalize(model, splits.train, "ais", budget.select_ais_chains,
                            budget.select_ais_steps, seed=seed)
@@ -528,8 +530,8 @@ def run_score_pf(splits, budget: Budget, seed: int) -> dict:
     t0 = time.perf_counter()
     keras.utils.set_random_seed(seed)
     model = ScoreNetwork(sde="vp", weighting="beta", seed=seed)
-    steps, val_loss = _fit_keras(model, splits, budget, budget.score_max_steps,
-                                 budget.score_patience, "ScoreNet")
+    steps, val_loss, _ = _fit_keras(model, splits, budget, budget.score_max_steps,
+                                    budget.score_patience, "ScoreNet")
     t1 = time.perf_counter()
     test = splits.test
     if len(test) > budget.pf_max_test:
@@ -600,7 +602,7 @@ def markdown(report: dict, methods) -> str:
 
 
 def closing_note(report: dict, methods) -> str:
-    """How the DDE compares with KDE, GMM and MAF on each data set.
+    """How the DDE compares with KDE, GMM and the flows on each data set.
 
     Both log Ẑ estimates (IS and AIS) are biased low in expectation, so each DDE ALL is
     biased high: the note uses the lower of the two.
@@ -616,7 +618,7 @@ def closing_note(report: dict, methods) -> str:
             continue
         r = min(found, key=lambda item: item["test_all"])
         parts = []
-        for peer in ("KDE", "GMM", "MAF"):
+        for peer in ("KDE", "GMM", *FLOWS):
             p = ds["methods"].get(peer)
             if p is None or "error" in p or not np.isfinite(p["test_all"]):
                 continue
@@ -633,7 +635,8 @@ def closing_note(report: dict, methods) -> str:
 
 
 # --------------------------------------------------------------------------------- main
-RUNNERS = {"KDE": run_kde, "GMM": run_gmm, "MAF": run_maf, "ScoreNet-PF": run_score_pf}
+RUNNERS = {"KDE": run_kde, "GMM": run_gmm, "MAF": run_maf, "RQ-NSF": run_nsf,
+           "ScoreNet-PF": run_score_pf}
 
 
 def run_dataset(name: str, data_dir, methods, budget: Budget, seed: int) -> dict:
@@ -682,9 +685,14 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--max-steps", type=int, default=None,
-                        help="training steps per model (MAF, each DDE candidate, ScoreNet); "
-                             "default 4,000 for the DDE and ScoreNet, 10,000 for MAF")
+                        help="training steps per model (MAF, RQ-NSF, each DDE candidate, "
+                             "ScoreNet); default 6,000 for the DDE, 3,000 for ScoreNet, "
+                             "8,000 for the flows")
+    parser.add_argument("--nsf-structure", choices=["autoregressive", "coupling"],
+                        default=None, help="RQ-NSF layers (default: autoregressive)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="TensorFlow intra- and inter-op threads (default: TensorFlow's)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                              "density.json"), help="JSON output file")
     args = parser.parse_args(argv)
@@ -710,11 +718,19 @@ def main(argv=None) -> int:
 
     from dde import _io
 
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be a positive integer")
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     budget = Budget.quick() if args.quick else Budget()
     if args.max_steps is not None:
         if args.max_steps < 1:
             parser.error("--max-steps must be a positive integer")
-        budget.maf_max_steps = budget.dde_max_steps = budget.score_max_steps = args.max_steps
+        budget.maf_max_steps = budget.nsf_max_steps = args.max_steps
+        budget.dde_max_steps = budget.score_max_steps = args.max_steps
+    if args.nsf_structure is not None:
+        budget.nsf_structure = args.nsf_structure
     report = {"benchmark": "density", "command": " ".join(["python", "benchmarks/density.py"]
                                                           + list(argv or sys.argv[1:])),
               "quick": args.quick, "seed": args.seed, "methods": methods,
@@ -722,7 +738,7 @@ def main(argv=None) -> int:
               "environment": {"python": sys.version.split()[0],
                               "platform": platform.platform(), "tensorflow": tf.__version__,
                               "keras": keras.__version__, "sklearn": sklearn.__version__,
-                              "cpus": os.cpu_count()}}
+                              "cpus": os.cpu_count(), "threads": args.threads}}
     for name in names:
         report["datasets"][name] = run_dataset(name, args.data_dir, methods, budget,
                                                args.seed)

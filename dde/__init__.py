@@ -2,11 +2,13 @@
 
 Learned un-normalized log-densities trained by denoising score matching, Langevin samplers,
 Monte Carlo partition functions, a score-network branch with probability-flow likelihoods,
-and anomaly scoring.
+normalizing flows (MAF, rational-quadratic neural spline flows) and anomaly scoring.
 """
-from dde import (datasets, distributed, export, likelihood, mcmc, nets, ode, partition, plotting,
-                 progress, protocols, sampling, score_sampling, sde, streaming)
+from dde import (bases, datasets, distributed, export, flows, likelihood, mcmc, nets, ode,
+                 partition, plotting, progress, protocols, sampling, score_sampling, sde,
+                 streaming)
 from dde.anomaly import DDEAnomalyDetector
+from dde.flows import NormalizingFlow
 from dde.likelihood import ProbabilityFlow, ProbabilityFlowResult, probability_flow_log_prob
 from dde.ode import ODESolverError, ODEStatus
 from dde.models import (
@@ -54,6 +56,10 @@ __all__ = [
     "NoiseConditionalLike",
     "nets",
     "protocols",
+    # base densities and normalizing flows
+    "bases",
+    "NormalizingFlow",
+    "flows",
     # normalization
     "AverageLogLikelihood",
     "LogPartitionResult",

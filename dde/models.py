@@ -43,7 +43,7 @@ from dde._cache import compiled_function, weak
 from dde._tensors import as_column
 from dde._validation import check_data, check_positive
 from dde.export import export_density
-from dde.training import DSMModel, first_component, weighted_mean
+from dde.training import DSMModel, first_component, mean_and_covariance, weighted_mean
 
 _INFERENCE_BATCH = 8192
 #: The largest |log Ẑ| stored. Beyond it float32 energies resolve log-densities f − log Ẑ
@@ -291,25 +291,10 @@ class EnergyModel(DSMModel):
             x = check_data(x, name="x", n_features=self.input_dim if self.built else None,
                            owner=type(self).__name__, dtype=np.float64)
             self.ensure_built(x.shape[1])
-        if isinstance(x, tf.data.Dataset):
-            if x.cardinality() < 0:  # infinite or unknown: do not iterate
-                return
-            total, outer, n = 0.0, 0.0, 0
-            for batch in x:
-                b = np.asarray(first_component(batch), dtype=np.float64)
-                total = total + b.sum(0)
-                outer = outer + b.T @ b
-                n += b.shape[0]
-            if n == 0:
-                raise ValueError("The training dataset is empty.")
-            mean = total / n
-            cov = outer / n - np.outer(mean, mean)
-            cov = cov * n / max(n - 1, 1)
-        else:
-            x64 = np.asarray(x, dtype=np.float64)
-            mean = x64.mean(0)
-            cov = np.atleast_2d(np.cov(x64, rowvar=False)) if len(x64) > 1 else np.zeros(
-                (x64.shape[1],) * 2)
+        stats = mean_and_covariance(x)
+        if stats is None:  # a dataset of infinite or unknown size: not iterated
+            return
+        mean, cov = stats
         self.data_mean.assign(mean)
         self.data_cov.assign(cov)
 
@@ -457,8 +442,7 @@ class EnergyModel(DSMModel):
         return export_density(self, filepath, noise_std=noise_std, progress=bool(verbose))
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable,
-                  "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}
+        config = self.base_config()
         config["network"] = keras.saving.serialize_keras_object(self.network)
         config["seed"] = self.seed
         if self.base is not None:
@@ -474,7 +458,7 @@ class EnergyModel(DSMModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = cls._deserialize_dtype(config)
         config["network"] = keras.saving.deserialize_keras_object(config["network"])
         if isinstance(config.get("base"), dict):
             config["base"] = keras.saving.deserialize_keras_object(config["base"])

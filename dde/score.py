@@ -227,8 +227,7 @@ class ScoreNetwork(DSMModel):
 
     # ---------------------------------------------------------------------- serialization
     def get_config(self):
-        return {"name": self.name, "trainable": self.trainable,
-                "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+        return {**self.base_config(),
                 "network": (None if self.network is None
                             else keras.saving.serialize_keras_object(self.network)),
                 "sde": keras.saving.serialize_keras_object(self.sde),
@@ -238,13 +237,11 @@ class ScoreNetwork(DSMModel):
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = cls._deserialize_dtype(config)
         if config.get("network") is not None:
             config["network"] = keras.saving.deserialize_keras_object(config["network"])
         if isinstance(config.get("sde"), dict):
             config["sde"] = keras.saving.deserialize_keras_object(config["sde"])
-        if isinstance(config.get("dtype"), dict):
-            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
         return cls(**config)
 
     def build_from_config(self, config):

@@ -1,26 +1,35 @@
-"""Keras training by denoising score matching (DSM): the base class of every trainable model.
+"""Keras training with a built-in loss: the base classes of every trainable model.
 
-`DSMModel` is a `keras.Model` whose loss is built in: subclasses implement
+`BuiltinLossModel` is a `keras.Model` whose loss lives inside the model (its own
+`train_step` / `test_step`); it provides what `compile` / `fit` / `evaluate` need around it:
+
+- `fit` / `evaluate` validate arrays and datasets (NaN/inf, shape, feature count, positive
+  epochs and batch size) first;
+- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer;
+- `base_config()` / `_deserialize_dtype` carry the name, trainable flag and dtype policy.
+
+The normalizing flows of `dde.flows` (trained by maximum likelihood) derive from it directly.
+
+`DSMModel` adds denoising score matching (DSM): subclasses implement
 `dsm_loss(x, seed, sample_weight, training)` → scalar, the DSM loss of a batch x [batch, d]
-with its noise (and noise levels or times) drawn from a stateless seed [2]. The base class
-provides what `compile` / `fit` / `evaluate` need around it:
+with its noise (and noise levels or times) drawn from a stateless seed [2] (`training_loss`
+may add to it), and
 
 - the noise of training step k on replica r comes from the seed (model seed, k·R + r), so a
   run is reproducible and replicas under a `tf.distribute` strategy draw different noise;
   the per-replica loss is divided by the number of replicas R (gradients are summed);
 - `evaluate` restarts its own seed stream on every call, so it is deterministic;
-- `fit` / `evaluate` validate arrays and datasets (NaN/inf, shape, feature count) first;
-- `compile` rejects `loss=`, and a loaded model re-compiles with its saved optimizer;
 - under `MultiWorkerMirroredStrategy` (`dde.distributed`) R counts the replicas of all
   workers, the replica id is global, and the step's logs get the shape Keras reduces
   across workers (`loggable`).
 
-Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`) call
-`_init_training(seed)` in `__init__` and implement `ensure_built(input_dim)`.
+Subclasses (`dde.models.EnergyModel`, `dde.score.ScoreNetwork`, `dde.flows.NormalizingFlow`)
+implement `ensure_built(input_dim)`; the DSM models call `_init_training(seed)` in `__init__`.
 """
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from dde._validation import check_data, check_positive, random_seed
@@ -74,8 +83,151 @@ def loggable(logs: dict) -> dict:
     return logs
 
 
-class DSMModel(keras.Model):
+def mean_and_covariance(x) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [d], unbiased covariance [d, d]) in float64 of an [n, d] array or of a finite
+    batched `tf.data.Dataset` (one pass). Returns None for a dataset of infinite or unknown
+    cardinality (which is not iterated); raises ValueError for an empty one."""
+    if isinstance(x, tf.data.Dataset):
+        if x.cardinality() < 0:  # infinite or unknown: do not iterate
+            return None
+        total, outer, n = 0.0, 0.0, 0
+        for batch in x:
+            b = np.asarray(first_component(batch), dtype=np.float64)
+            total = total + b.sum(0)
+            outer = outer + b.T @ b
+            n += b.shape[0]
+        if n == 0:
+            raise ValueError("The training dataset is empty.")
+        mean = total / n
+        cov = outer / n - np.outer(mean, mean)
+        return mean, cov * n / max(n - 1, 1)
+    x64 = np.asarray(x, dtype=np.float64)
+    cov = np.atleast_2d(np.cov(x64, rowvar=False)) if len(x64) > 1 else np.zeros(
+        (x64.shape[1],) * 2)
+    return x64.mean(0), cov
+
+
+class BuiltinLossModel(keras.Model):
+    """A Keras model with its loss built in (see module): validated `fit` / `evaluate`,
+    `compile` without `loss=`, re-compilation of a loaded model with its saved optimizer."""
+
+    #: Named in the error raised by `compile(loss=...)`.
+    loss_description = "built-in"
+
+    def ensure_built(self, input_dim: int):
+        """Build the model for inputs of `input_dim` features if it is not built yet."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------ Keras hooks
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """Like `keras.Model.compile`; the loss is built in."""
+        if loss is not None:
+            raise ValueError(
+                f"{type(self).__name__} trains with its built-in {self.loss_description} "
+                "loss; do not pass loss= to compile().")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compile a loaded model with its saved optimizer (state restored after this)."""
+        config = keras.saving.deserialize_keras_object(config)
+        config.pop("loss", None)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    # ---------------------------------------------------------------------- serialization
+    def base_config(self) -> dict:
+        """The name, trainable flag and dtype policy: the start of every `get_config`."""
+        return {"name": self.name, "trainable": self.trainable,
+                "dtype": keras.saving.serialize_keras_object(self.dtype_policy)}
+
+    @staticmethod
+    def _deserialize_dtype(config: dict) -> dict:
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.saving.deserialize_keras_object(config["dtype"])
+        return config
+
+    # --------------------------------------------------------------- fit / evaluate overrides
+    def _check_fit_input(self, x, name="x"):
+        """Validate fit/evaluate input; returns (validated x, feature dimension)."""
+        expected = self.input_dim if self.built else None
+        if isinstance(x, tf.data.Dataset):
+            spec = first_component(x.element_spec)
+            if spec.shape.rank != 2:
+                raise ValueError(
+                    f"The dataset {name} must yield batches of shape [batch, n_features]; got "
+                    f"elements of shape {spec.shape}. Batch it with dataset.batch(...).")
+            if not (spec.dtype.is_floating or spec.dtype.is_integer):
+                raise TypeError(f"The dataset {name} has a non-numeric dtype ({spec.dtype}).")
+            d = spec.shape[-1]
+            if d is None:
+                raise ValueError(f"The feature dimension of dataset {name} must be known.")
+            if expected is not None and d != expected:
+                raise ValueError(f"{name} has {d} features, but {type(self).__name__} is "
+                                 f"expecting {expected} features as input.")
+            return x, int(d)
+        if x is None:
+            raise ValueError(f"{name} is required.")
+        if isinstance(x, keras.utils.PyDataset) or callable(getattr(x, "__next__", None)):
+            raise TypeError(f"{name} must be a NumPy array, a tensor or a tf.data.Dataset.")
+        arr = check_data(x, name=name, n_features=expected, owner=type(self).__name__,
+                         dtype=self.compute_dtype)
+        return arr, arr.shape[1]
+
+    def _build_for(self, input_dim: int, name: str = "x"):
+        """Build the model for `input_dim` features, refusing a count the network does not
+        take with a plain message (Keras's own would carry terminal colour codes)."""
+        expected = declared_input_dim(getattr(self, "network", None))
+        if not self.built and expected is not None and expected != input_dim:
+            raise ValueError(f"{name} has {input_dim} features, but {type(self).__name__} is "
+                             f"expecting {expected} features as input (its network's).")
+        self.ensure_built(input_dim)
+
+    def _on_fit_data(self, x):
+        """Hook called with the validated training data before `fit` trains."""
+
+    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
+        """`keras.Model.fit` on data x ([n, d] array or a batched `tf.data.Dataset`).
+
+        `y` is ignored (the objective is unsupervised). Validation data (an array or a
+        dataset) is scored with the same loss and fixed noise.
+        """
+        given = {**dict(zip(("batch_size", "epochs"), args)), **kwargs}  # Keras' order
+        for key in ("batch_size", "epochs"):
+            if given.get(key) is not None:
+                check_positive(given[key], key, integer=True)
+        x, d = self._check_fit_input(x, "x")
+        self._build_for(d)
+        if validation_data is not None:
+            if isinstance(validation_data, tuple):
+                validation_data = (self._check_fit_input(validation_data[0],
+                                                         "validation_data")[0],) + tuple(
+                    validation_data[1:])
+            else:
+                validation_data = self._check_fit_input(validation_data, "validation_data")[0]
+        self._on_fit_data(x)
+        if isinstance(x, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
+        if not self.compiled:
+            self.compile(optimizer="adam")
+        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.evaluate` on validated data x."""
+        if not kwargs.get("_use_cached_eval_dataset", False):
+            x, d = self._check_fit_input(x, "x")
+            self._build_for(d)
+        self._on_evaluate()
+        return super().evaluate(x, y, *args, **kwargs)
+
+    def _on_evaluate(self):
+        """Hook called by `evaluate` once its input is validated."""
+
+class DSMModel(BuiltinLossModel):
     """A Keras model trained with its built-in denoising score-matching loss (see module)."""
+
+    loss_description = "denoising score-matching"
 
     def _init_training(self, seed: int | None):
         """Set the model seed, the loss tracker and the evaluation step counter."""
@@ -93,27 +245,7 @@ class DSMModel(keras.Model):
         adds to it (e.g. the likelihood objective of base-density energies)."""
         return self.dsm_loss(x, seed, sample_weight, training)
 
-    def ensure_built(self, input_dim: int):
-        """Build the model for inputs of `input_dim` features if it is not built yet."""
-        raise NotImplementedError
-
     # ------------------------------------------------------------------------ Keras hooks
-    def compile(self, optimizer="adam", loss=None, **kwargs):
-        """Like `keras.Model.compile`; the denoising score-matching loss is built in."""
-        if loss is not None:
-            raise ValueError(
-                f"{type(self).__name__} trains with its built-in denoising score-matching "
-                "loss; do not pass loss= to compile().")
-        super().compile(optimizer=optimizer, **kwargs)
-
-    def compile_from_config(self, config):
-        """Re-compile a loaded model with its saved optimizer (state restored after this)."""
-        config = keras.saving.deserialize_keras_object(config)
-        config.pop("loss", None)
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
-
     @property
     def metrics(self):
         return [self.loss_tracker]
@@ -150,76 +282,7 @@ class DSMModel(keras.Model):
         """What a training step reports (subclasses may add, e.g., the noise level)."""
         return {"loss": self.loss_tracker.result()}
 
-    # --------------------------------------------------------------- fit / evaluate overrides
-    def _check_fit_input(self, x, name="x"):
-        """Validate fit/evaluate input; returns (validated x, feature dimension)."""
-        expected = self.input_dim if self.built else None
-        if isinstance(x, tf.data.Dataset):
-            spec = first_component(x.element_spec)
-            if spec.shape.rank != 2:
-                raise ValueError(
-                    f"The dataset {name} must yield batches of shape [batch, n_features]; got "
-                    f"elements of shape {spec.shape}. Batch it with dataset.batch(...).")
-            if not (spec.dtype.is_floating or spec.dtype.is_integer):
-                raise TypeError(f"The dataset {name} has a non-numeric dtype ({spec.dtype}).")
-            d = spec.shape[-1]
-            if d is None:
-                raise ValueError(f"The feature dimension of dataset {name} must be known.")
-            if expected is not None and d != expected:
-                raise ValueError(f"{name} has {d} features, but {type(self).__name__} is "
-                                 f"expecting {expected} features as input.")
-            return x, int(d)
-        if x is None:
-            raise ValueError(f"{name} is required.")
-        if isinstance(x, keras.utils.PyDataset) or callable(getattr(x, "__next__", None)):
-            raise TypeError(f"{name} must be a NumPy array, a tensor or a tf.data.Dataset.")
-        arr = check_data(x, name=name, n_features=expected, owner=type(self).__name__,
-                         dtype=self.compute_dtype)
-        return arr, arr.shape[1]
-
-    def _build_for(self, input_dim: int, name: str = "x"):
-        """Build the model for `input_dim` features, refusing a count the network does not
-        take with a plain message (Keras's own would carry terminal colour codes)."""
-        expected = declared_input_dim(self.network)
-        if not self.built and expected is not None and expected != input_dim:
-            raise ValueError(f"{name} has {input_dim} features, but {type(self).__name__} is "
-                             f"expecting {expected} features as input (its network's).")
-        self.ensure_built(input_dim)
-
-    def _on_fit_data(self, x):
-        """Hook called with the validated training data before `fit` trains."""
-
-    def fit(self, x=None, y=None, *args, validation_data=None, **kwargs):
-        """`keras.Model.fit` on data x ([n, d] array or a batched `tf.data.Dataset`).
-
-        `y` is ignored (the objective is unsupervised). Validation data (an array or a
-        dataset) is scored with the same loss and fixed noise.
-        """
-        given = {**dict(zip(("batch_size", "epochs"), args)), **kwargs}  # Keras' order
-        for key in ("batch_size", "epochs"):
-            if given.get(key) is not None:
-                check_positive(given[key], key, integer=True)
-        x, d = self._check_fit_input(x, "x")
-        self._build_for(d)
-        if validation_data is not None:
-            if isinstance(validation_data, tuple):
-                validation_data = (self._check_fit_input(validation_data[0],
-                                                         "validation_data")[0],) + tuple(
-                    validation_data[1:])
-            else:
-                validation_data = self._check_fit_input(validation_data, "validation_data")[0]
-        self._on_fit_data(x)
-        if isinstance(x, tf.data.Dataset):
-            kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
-        if not self.compiled:
-            self.compile(optimizer="adam")
-        return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
-
-    def evaluate(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.evaluate`: the DSM loss on x with noise fixed by the model's seed, so
-        repeated calls on the same data give the same value."""
-        if not kwargs.get("_use_cached_eval_dataset", False):
-            x, d = self._check_fit_input(x, "x")
-            self._build_for(d)
+    def _on_evaluate(self):
+        """`evaluate` scores the loss on x with noise fixed by the model's seed: its seed
+        stream restarts on every call, so repeated calls on the same data agree."""
         self._eval_step.assign(0)
-        return super().evaluate(x, y, *args, **kwargs)

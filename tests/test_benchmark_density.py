@@ -1,5 +1,6 @@
 """Smoke test of benchmarks/density.py: a `--quick` run on scikit-learn's iris data set
-writes a well-formed results.json (and the markdown beside it), with every method present.
+writes a well-formed results.json (and the markdown beside it), with every method present
+(the flows MAF and RQ-NSF included; the coupling RQ-NSF is selectable).
 
 Deterministic (fixed seeds); the check is on structure and finiteness, not on values.
 """
@@ -42,11 +43,27 @@ def test_quick_run_writes_results_json(tmp_path, capsys):
         assert r["selected"]["noise_std"] == 0.3
     assert ds["methods"]["KDE"]["selected"]["bandwidth"] > 0
     assert ds["methods"]["GMM"]["selected"]["n_components"] in (1, 2)
+    # The flows: dde.flows models trained with validation early stopping, skips counted.
+    for name in bench.FLOWS:
+        r = ds["methods"][name]
+        assert r["skipped_steps"] == 0 and r["selected"]["steps"] > 0
+        assert math.isfinite(r["val_all"])
+    assert ds["methods"]["RQ-NSF"]["selected"]["structure"] == "autoregressive"
+    assert ds["methods"]["RQ-NSF"]["selected"]["bins"] == 4
     # The markdown table lists every method and is printed and written next to the JSON.
     text = out.with_suffix(".md").read_text()
     for label in bench.LABELS.values():
         assert label in text
     assert "| iris | 4 | 90 / 30 / 30 |" in capsys.readouterr().out
+
+
+def test_coupling_spline_flow_is_selectable(tmp_path):
+    bench = _load_script()
+    out = tmp_path / "results.json"
+    assert bench.main(["--dataset", "iris", "--quick", "--methods", "RQ-NSF",
+                       "--nsf-structure", "coupling", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())["datasets"]["iris"]["methods"]["RQ-NSF"]
+    assert r["selected"]["structure"] == "coupling" and math.isfinite(r["test_all"])
 
 
 def test_bad_dataset_name_exits_2_before_training(tmp_path, capsys):
