@@ -14,10 +14,12 @@ factorization:
     log N(x; μ, Σ + σ²I) = −½ Σ_j [ (U_kᵀ(x − μ))_j² / (λ_j + σ²) + log(2π(λ_j + σ²)) ].
 
 `fit_gaussian_base(x)` and `fit_mixture_base(x, x_validation)` fit one (the mixture's
-component count chosen on validation data); `DistributionBase` wraps any
-`tfp.distributions.Distribution` (a flow included) for use in memory: it is not smoothed and
-cannot be saved; `as_base(obj)` converts Gaussian and Gaussian-mixture distributions (TFP or
-scikit-learn) to the serializable layer and wraps the rest. Every base has
+component count chosen on validation data). `FlowBase` makes a fitted normalizing flow of
+`dde.flows` a base (saved with the model; not smoothable). `DistributionBase` wraps any
+`tfp.distributions.Distribution` for use in memory: it is not smoothed and cannot be saved.
+`as_base(obj)` converts Gaussian and Gaussian-mixture distributions (TFP or scikit-learn) to
+the serializable layer, a flow to a `FlowBase`, and wraps the rest. `smoothable` says whether
+a base can be smoothed at a noise level. Every base has
 `log_prob(x, noise_std=None)` (tensor level, [batch, d] → [batch]), `sample(n, seed,
 noise_std=None)` and `as_distribution(noise_std=None)` (a float64 `tfd.Distribution`, the
 proposal of normalization).
@@ -32,11 +34,12 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from dde._validation import check_data, check_positive
+from dde.flows import NormalizingFlow
 
 tfd = tfp.distributions
 
-__all__ = ["DistributionBase", "GaussianMixtureBase", "as_base", "fit_gaussian_base",
-           "fit_mixture_base"]
+__all__ = ["DistributionBase", "FlowBase", "GaussianMixtureBase", "as_base",
+           "fit_gaussian_base", "fit_mixture_base"]
 
 
 def _noise_column(x, noise_std):
@@ -58,6 +61,8 @@ class GaussianMixtureBase(keras.layers.Layer):
     model. `log_prob(x, noise_std)` is differentiable in x; it computes in float64 whatever
     x's dtype and returns x's dtype.
     """
+
+    smoothable = True
 
     def __init__(self, num_components: int, input_dim: int, **kwargs):
         kwargs.setdefault("autocast", False)
@@ -164,11 +169,93 @@ class GaussianMixtureBase(keras.layers.Layer):
                 "input_dim": self.input_dim}
 
 
+def _check_unsmoothed(noise_std, owner):
+    if noise_std is not None and not (isinstance(noise_std, (int, float)) and
+                                      noise_std == 0):
+        raise ValueError(f"A {owner} cannot be smoothed at a noise level; use a "
+                         "GaussianMixtureBase (exactly smoothable) or noise_std=None.")
+
+
+class _FlowDistribution(tfd.Distribution):
+    """A `dde.flows.NormalizingFlow` as a float64 `tfd.Distribution` (for proposals)."""
+
+    def __init__(self, flow, name="FlowBase"):
+        parameters = dict(locals())
+        self._flow = flow
+        super().__init__(dtype=tf.float64, reparameterization_type=tfd.NOT_REPARAMETERIZED,
+                         validate_args=False, allow_nan_stats=True, parameters=parameters,
+                         name=name)
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        return {}
+
+    def _batch_shape(self):
+        return tf.TensorShape([])
+
+    def _batch_shape_tensor(self):
+        return tf.constant([], tf.int32)
+
+    def _event_shape(self):
+        return tf.TensorShape([self._flow.input_dim])
+
+    def _event_shape_tensor(self):
+        return tf.constant([self._flow.input_dim], tf.int32)
+
+    def _log_prob(self, x):
+        return tf.cast(self._flow.log_prob_tensor(tf.cast(x, self._flow.compute_dtype)),
+                       tf.float64)
+
+    def _sample_n(self, n, seed=None):
+        seed = tf.cast(tfp.random.sanitize_seed(seed), tf.int64)
+        return tf.cast(self._flow.sample_tensor(n, seed), tf.float64)
+
+
+@keras.saving.register_keras_serializable(package="dde")
+class FlowBase(keras.layers.Layer):
+    """A fitted normalizing flow (`dde.flows.NormalizingFlow`) as a base density: exact
+    log-density and sampling, saved with the model, not smoothable (a base-density model
+    with a flow base needs `smooth_base=False`, e.g. the likelihood objective)."""
+
+    smoothable = False
+
+    def __init__(self, flow, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        if isinstance(flow, dict):
+            flow = keras.saving.deserialize_keras_object(flow)
+        if not isinstance(flow, NormalizingFlow):
+            raise TypeError(f"flow must be a dde.flows.NormalizingFlow, got "
+                            f"{type(flow).__name__}.")
+        self.flow = flow
+        self.input_dim = flow.input_dim
+        self.built = True
+
+    def log_prob(self, x, noise_std=None):
+        _check_unsmoothed(noise_std, "FlowBase")
+        return tf.cast(self.flow.log_prob_tensor(tf.cast(x, self.flow.compute_dtype)), x.dtype)
+
+    def call(self, x, noise_std=None):
+        return self.log_prob(x, noise_std)
+
+    def as_distribution(self, noise_std=None):
+        _check_unsmoothed(noise_std, "FlowBase")
+        return _FlowDistribution(self.flow)
+
+    def sample(self, n, seed, noise_std=None):
+        _check_unsmoothed(noise_std, "FlowBase")
+        return tf.cast(self.flow.sample_tensor(n, tf.cast(seed, tf.int64)), tf.float64)
+
+    def get_config(self):
+        return {**super().get_config(), "flow": keras.saving.serialize_keras_object(self.flow)}
+
+
 class DistributionBase:
-    """Any `tfp.distributions.Distribution` with a vector event [d] as a base (a TFP flow,
-    for example), in memory: it is not smoothed (a `noise_std` other than None or 0 is a
-    ValueError) and a model holding it cannot be saved to `.keras` (use
-    `GaussianMixtureBase` for that)."""
+    """Any `tfp.distributions.Distribution` with a vector event [d] as a base, in memory: it
+    is not smoothed (a `noise_std` other than None or 0 is a ValueError) and a model holding
+    it cannot be saved to `.keras` (use `GaussianMixtureBase` or `FlowBase` for that)."""
+
+    smoothable = False
 
     def __init__(self, distribution):
         if not isinstance(distribution, tfd.Distribution):
@@ -183,10 +270,7 @@ class DistributionBase:
 
     @staticmethod
     def _check_noise(noise_std):
-        if noise_std is not None and not (isinstance(noise_std, (int, float)) and
-                                          noise_std == 0):
-            raise ValueError("A DistributionBase cannot be smoothed at a noise level; use a "
-                             "GaussianMixtureBase (exactly smoothable) or noise_std=None.")
+        _check_unsmoothed(noise_std, "DistributionBase")
 
     def log_prob(self, x, noise_std=None):
         self._check_noise(noise_std)
@@ -285,12 +369,15 @@ def fit_mixture_base(x, x_validation=None, n_components=(1, 2, 4, 8, 16, 32),
 
 
 def as_base(obj):
-    """A base from a base layer (returned as it is), a fitted scikit-learn GaussianMixture,
+    """A base from a base layer (returned as it is), a `dde.flows.NormalizingFlow` (a
+    `FlowBase`), a fitted scikit-learn GaussianMixture,
     a TFP Gaussian (MultivariateNormalTriL / FullCovariance / Diag / LinearOperator) or a
     MixtureSameFamily of them (converted to a serializable `GaussianMixtureBase`), or any
     other `tfd.Distribution` (wrapped in a `DistributionBase`)."""
-    if isinstance(obj, (GaussianMixtureBase, DistributionBase)):
+    if isinstance(obj, (GaussianMixtureBase, FlowBase, DistributionBase)):
         return obj
+    if isinstance(obj, NormalizingFlow):
+        return FlowBase(obj)
     if hasattr(obj, "means_") and hasattr(obj, "covariances_") and hasattr(obj, "weights_"):
         return _gaussian_mixture_from_sklearn(obj)
     if isinstance(obj, tfd.Distribution):

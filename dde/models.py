@@ -77,6 +77,10 @@ class EnergyModel(DSMModel):
         self.base = None if base is None else bases.as_base(base)
         if not isinstance(smooth_base, bool):
             raise TypeError(f"smooth_base must be a bool, got {smooth_base!r}.")
+        if smooth_base and self.base is not None and not self.base.smoothable:
+            raise ValueError(f"A {type(self.base).__name__} cannot be smoothed at the model's "
+                             "noise level: pass smooth_base=False (e.g. with "
+                             "objective='likelihood').")
         self.smooth_base = smooth_base
         if objective not in self.OBJECTIVES:
             raise ValueError(f"objective must be one of {self.OBJECTIVES}, got {objective!r}.")
@@ -446,11 +450,11 @@ class EnergyModel(DSMModel):
         config["network"] = keras.saving.serialize_keras_object(self.network)
         config["seed"] = self.seed
         if self.base is not None:
-            if not isinstance(self.base, bases.GaussianMixtureBase):
+            if not isinstance(self.base, (bases.GaussianMixtureBase, bases.FlowBase)):
                 raise ValueError(
                     f"This model's base ({type(self.base).__name__}) cannot be saved: only a "
-                    "GaussianMixtureBase is (dde.bases.as_base converts Gaussians and "
-                    "Gaussian mixtures).")
+                    "GaussianMixtureBase or a FlowBase is (dde.bases.as_base converts "
+                    "Gaussians, Gaussian mixtures and dde.flows models).")
             config["base"] = keras.saving.serialize_keras_object(self.base)
         config.update(smooth_base=self.smooth_base, objective=self.objective,
                       dsm_weight=self.dsm_weight, num_base_samples=self.num_base_samples)

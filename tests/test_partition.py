@@ -666,6 +666,14 @@ def test_pareto_smoothing_matches_arviz():
             assert W.summarize_log_weights(lw).pareto_k == pytest.approx(float(expected_k))
 
 
+def test_equal_weights_have_no_tail():
+    """Importance sampling from the target itself (every log-weight equal) is the ideal case:
+    k̂ = −inf, the estimate is exact and reliable, not flagged as an unfittable tail."""
+    summary = W.summarize_log_weights(np.full(2000, 0.25))
+    assert summary.pareto_k == -np.inf
+    assert W.is_reliable(summary)
+
+
 def test_pareto_k_and_the_coverage_test_flag_a_cauchy_target_under_a_gaussian_proposal():
     """A 10-D Cauchy energy (log Z = 0) sampled from N(0, I): the weights have an infinite
     variance and the estimate misses mass far out, while its ESS (~700 of 20,000) looks

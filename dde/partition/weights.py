@@ -238,7 +238,10 @@ def pareto_smooth_tail(tail_log_weights, m: int):
     `pareto_tail_size(M)`; a generalized Pareto is fitted to their excesses and they are
     replaced by its quantiles at (i − ½)/K, capped at the largest raw weight.
     Returns (k̂, raw tail log-weights, smoothed tail log-weights) — the tail arrays are
-    sorted; k̂ = inf when fewer than 5 weights lie above the cut-off (as in ArviZ).
+    sorted; k̂ = inf when fewer than 5 weights lie above the cut-off (as in ArviZ), and
+    k̂ = −inf when the K + 1 largest weights are all equal (a tail with no spread: the weights
+    are bounded there, the ideal case of importance sampling, e.g. a proposal equal to the
+    target).
     """
     lw = np.sort(np.asarray(tail_log_weights, dtype=np.float64))
     k_size = pareto_tail_size(m)
@@ -246,6 +249,8 @@ def pareto_smooth_tail(tail_log_weights, m: int):
     x = lw - top
     cutoff = max(x[-(k_size + 1)] if len(x) > k_size else -np.inf,
                  math.log(np.finfo(float).tiny))
+    if len(x) > k_size and x[-(k_size + 1)] == 0.0:
+        return float("-inf"), lw[-k_size:], lw[-k_size:]
     tail = x[x > cutoff]
     if len(tail) <= 4:
         return float("inf"), tail + top, tail + top
