@@ -196,6 +196,9 @@ def main(argv=None):
                         help="runs at the large budget (one fit)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                              "calibration.json"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the configurations already in --out (the JSON is rewritten "
+                             "after every configuration) and run only the missing ones")
     args = parser.parse_args(argv)
     dims = [int(v) for v in args.dims.split(",")]
     families = args.families.split(",")
@@ -207,13 +210,22 @@ def main(argv=None):
         large = {"is_samples": 2000, "ais_chains": 64, "ais_steps": 20}
         args.seeds, args.fits, args.large_runs = 3, 1, 1
     report = {"quick": args.quick, "budgets": {"small": small, "large": large},
-              "configurations": []}
+              "configurations": [], "complete": False}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and out.exists():
+        previous = json.loads(out.read_text())
+        if previous.get("budgets") == report["budgets"]:
+            report["configurations"] = previous["configurations"]
+    done = {(r["family"], r["d"], r["proposal"], r["budget"]) for r in report["configurations"]}
     start = time.perf_counter()
     for family in families:
         for d in dims:
             for prop in proposals:
                 for label, budget, fits, seeds in (("small", small, args.fits, args.seeds),
                                                    ("large", large, 1, args.large_runs)):
+                    if (family, d, prop, label) in done:
+                        continue
                     t0 = time.perf_counter()
                     runs = run_configuration(family, d, prop, budget, fits, seeds)
                     row = {"family": family, "d": d, "proposal": prop, "budget": label,
@@ -225,14 +237,25 @@ def main(argv=None):
                           f"coverage {row['coverage']:.2f}, max|z| {row['max_abs_z']:.1f}, "
                           f"bias {row['bias_se']:+.2f}, >4SE unflagged "
                           f"{row['beyond_4se_not_flagged']}", flush=True)
+                    _write_atomically(out, json.dumps(report, indent=1, default=float))
+    order = {(f, d, p, b): i for i, (f, d, p, b) in enumerate(
+        (f, d, p, b) for f in families for d in dims for p in proposals
+        for b in ("small", "large"))}
+    report["configurations"].sort(key=lambda r: order.get(
+        (r["family"], r["d"], r["proposal"], r["budget"]), len(order)))
     report["overall"] = overall(report["configurations"])
+    report["complete"] = True
     table = markdown(report)
     print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=float))
-    out.with_suffix(".md").write_text(table)
+    _write_atomically(out, json.dumps(report, indent=1, default=float))
+    _write_atomically(out.with_suffix(".md"), table)
     return 0
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def overall(rows) -> dict:

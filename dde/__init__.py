@@ -4,10 +4,11 @@ Learned un-normalized log-densities trained by denoising score matching, Langevi
 Monte Carlo partition functions, a score-network branch with probability-flow likelihoods,
 normalizing flows (MAF, rational-quadratic neural spline flows) and anomaly scoring.
 """
-from dde import (bases, datasets, distributed, export, flows, likelihood, mcmc, nets, ode,
-                 partition, plotting, progress, protocols, sampling, score_sampling, sde,
+from dde import (bases, callbacks, datasets, distributed, export, flows, likelihood, mcmc,
+                 nets, ode, partition, plotting, progress, protocols, sampling, score_sampling, sde,
                  streaming)
 from dde.anomaly import DDEAnomalyDetector
+from dde.callbacks import ValidationLogLikelihood
 from dde.flows import NormalizingFlow
 from dde.likelihood import ProbabilityFlow, ProbabilityFlowResult, probability_flow_log_prob
 from dde.ode import ODESolverError, ODEStatus
@@ -52,12 +53,14 @@ __all__ = [
     "EnergyModel",
     "NoiseConditionalDDE",
     "NoiseStdSchedule",
+    "ValidationLogLikelihood",
     "EnergyModelLike",
     "NoiseConditionalLike",
     "nets",
     "protocols",
     # base densities and normalizing flows
     "bases",
+    "callbacks",
     "NormalizingFlow",
     "flows",
     # normalization

@@ -26,6 +26,12 @@ likelihood under the base instead (a DenoisingDensityEstimator only),
 
 the negative log-likelihood of the batch up to the O(1/M) bias of the in-batch log Ẑ, plus
 `dsm_weight` times the DSM loss when it is positive (the score stays that of the data).
+`ess_penalty` μ > 0 adds μ·log(M/ESS) of the base batch's weights w_j = exp g(y_j),
+
+    log(M/ESS) = log mean_j w_j² − 2 log mean_j w_j  ≥ 0   (= log(1 + χ²(p_f ‖ q)) in expectation),
+
+which keeps the model close enough to its base for importance sampling under q to stay
+efficient (0 for g constant, e.g. the untrained model).
 """
 from __future__ import annotations
 
@@ -69,7 +75,7 @@ class EnergyModel(DSMModel):
 
     def __init__(self, network, seed: int | None = None, base=None, smooth_base: bool = True,
                  objective: str = "dsm", dsm_weight: float = 0.0,
-                 num_base_samples: int | None = None, **kwargs):
+                 num_base_samples: int | None = None, ess_penalty: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(network, keras.layers.Layer):
             raise TypeError(f"network must be a Keras layer or model, got {type(network)!r}.")
@@ -92,6 +98,10 @@ class EnergyModel(DSMModel):
         if num_base_samples is not None:
             check_positive(num_base_samples, "num_base_samples", integer=True)
         self.num_base_samples = num_base_samples
+        self.ess_penalty = float(check_positive(ess_penalty, "ess_penalty", allow_zero=True))
+        if self.ess_penalty > 0 and self.base is None:
+            raise ValueError("ess_penalty penalizes the importance weights under a base "
+                             "density: pass base= (see dde.bases).")
         self._init_training(seed)
         # The normalization set by `normalize`, NaN until then, saved with the model: log Ẑ,
         # its standard error and effective sample size, the noise level σ of the density it
@@ -250,32 +260,58 @@ class EnergyModel(DSMModel):
         """g(x) = f(x) − log q_σ(x) [batch] (the network's output)."""
         raise NotImplementedError
 
-    def likelihood_loss(self, x, seed, sample_weight=None, training=False):
+    def base_batch_residuals(self, m, seed, dtype=tf.float32, training=False):
+        """g(y_j) [m] at m draws y_j ~ q_σ (the base, smoothed at the model's σ when
+        `smooth_base`) from `seed` (tensor level): log-weights of importance sampling under
+        the base."""
+        sigma = tf.cast(self.resolve_noise_std_tensor(), dtype)
+        y = tf.cast(self.base.sample(m, seed, sigma if self.smooth_base else None), dtype)
+        return self._residual(y, tf.fill([tf.shape(y)[0], 1], sigma), training=training)
+
+    def likelihood_loss(self, x, seed, sample_weight=None, training=False, g_y=None):
         """−mean_b g(x_b) + log mean_j exp g(y_j) with y_j ~ q_σ, `num_base_samples` of them
-        (default: the batch size) drawn from `seed`: the negative log-likelihood of the batch
-        under the normalized f, up to the O(1/M) bias of the in-batch log Ẑ."""
-        m = self.num_base_samples or tf.shape(x)[0]
+        (default: the batch size) drawn from `seed` (or the given residuals g_y): the negative
+        log-likelihood of the batch under the normalized f, up to the O(1/M) bias of the
+        in-batch log Ẑ."""
+        if g_y is None:
+            g_y = self.base_batch_residuals(self.num_base_samples or tf.shape(x)[0], seed,
+                                            x.dtype, training)
         sigma = tf.fill([tf.shape(x)[0], 1], tf.cast(self.resolve_noise_std_tensor(), x.dtype))
-        y = tf.cast(self.base.sample(m, seed, sigma[0, 0] if self.smooth_base else None),
-                    x.dtype)
-        sigma_y = tf.fill([tf.shape(y)[0], 1], sigma[0, 0])
         g_x = self._residual(x, sigma, training=training)
-        g_y = self._residual(y, sigma_y, training=training)
-        log_z = tf.reduce_logsumexp(g_y) - tf.math.log(tf.cast(m, x.dtype))
+        m = tf.cast(tf.shape(g_y)[0], g_y.dtype)
+        log_z = tf.reduce_logsumexp(g_y) - tf.math.log(m)
         return -weighted_mean(g_x, sample_weight) + log_z
+
+    @staticmethod
+    def log_inverse_ess_fraction(log_weights):
+        """log(M/ESS) = log mean w² − 2 log mean w of log-weights [M] (≥ 0; 0 iff equal)."""
+        log_m = tf.math.log(tf.cast(tf.shape(log_weights)[0], log_weights.dtype))
+        return (tf.reduce_logsumexp(2.0 * log_weights) - log_m
+                - 2.0 * (tf.reduce_logsumexp(log_weights) - log_m))
 
     def resolve_noise_std_tensor(self):
         """The model's own σ as a tensor (tensor level)."""
         raise NotImplementedError
 
     def training_loss(self, x, seed, sample_weight=None, training=False):
-        """The objective's loss: DSM, or the likelihood loss plus `dsm_weight` × DSM."""
-        if self.objective == "dsm":
+        """The objective's loss: DSM, or the likelihood loss plus `dsm_weight` × DSM; plus
+        `ess_penalty` × log(M/ESS) of a base batch (the same batch as the likelihood loss's)."""
+        if self.objective == "dsm" and self.ess_penalty == 0:
             return self.dsm_loss(x, seed, sample_weight, training)
-        s_lik, s_dsm = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-        loss = self.likelihood_loss(x, s_lik, sample_weight, training)
-        if self.dsm_weight > 0:
-            loss = loss + self.dsm_weight * self.dsm_loss(x, s_dsm, sample_weight, training)
+        s_base, s_dsm = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        g_y = None
+        if self.objective == "likelihood" or self.ess_penalty > 0:
+            g_y = self.base_batch_residuals(self.num_base_samples or tf.shape(x)[0], s_base,
+                                            x.dtype, training)
+        if self.objective == "likelihood":
+            loss = self.likelihood_loss(x, s_base, sample_weight, training, g_y=g_y)
+            if self.dsm_weight > 0:
+                loss = loss + self.dsm_weight * self.dsm_loss(x, s_dsm, sample_weight,
+                                                              training)
+        else:
+            loss = self.dsm_loss(x, s_dsm, sample_weight, training)
+        if self.ess_penalty > 0:
+            loss = loss + self.ess_penalty * self.log_inverse_ess_fraction(g_y)
         return loss
 
     # ------------------------------------------------------------------------ Keras hooks
@@ -457,7 +493,8 @@ class EnergyModel(DSMModel):
                     "Gaussians, Gaussian mixtures and dde.flows models).")
             config["base"] = keras.saving.serialize_keras_object(self.base)
         config.update(smooth_base=self.smooth_base, objective=self.objective,
-                      dsm_weight=self.dsm_weight, num_base_samples=self.num_base_samples)
+                      dsm_weight=self.dsm_weight, num_base_samples=self.num_base_samples,
+                      ess_penalty=self.ess_penalty)
         return config
 
     @classmethod
@@ -590,9 +627,9 @@ class NoiseConditionalDDE(EnergyModel):
     def __init__(self, network, sigma_min: float = 0.01, sigma_max: float | None = None,
                  seed: int | None = None, **kwargs):
         super().__init__(network, seed=seed, **kwargs)
-        if self.objective != "dsm":
+        if self.objective != "dsm" or self.ess_penalty > 0:
             raise ValueError("A NoiseConditionalDDE trains by denoising score matching "
-                             "(objective='dsm').")
+                             "(objective='dsm', ess_penalty=0).")
         check_positive(sigma_min, "sigma_min")
         self.sigma_min = float(sigma_min)
         self.sigma_max = None

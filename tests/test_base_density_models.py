@@ -1,0 +1,190 @@
+"""Base-density energies f = log q + g (dde.bases, dde.nets.residual_energy_mlp, the base=
+options of the energy models): the untrained model is its base, integrability for every
+weight setting, normalization under the base against a closed-form Z, the χ² (ESS) penalty,
+validation-ALL model selection (dde.callbacks) and `.keras` round trips."""
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dde
+from dde import bases, nets
+
+
+@pytest.fixture(scope="module")
+def two_clusters():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=(300, 2)) * [1.0, 0.4] + [-2.0, 0.0],
+                        rng.normal(size=(300, 2)) * 0.6 + [2.0, 1.0]])
+    return x[rng.permutation(len(x))].astype("float32")
+
+
+def _mixture_base(x):
+    return bases.fit_mixture_base(x[:400], x[400:])[0]
+
+
+def test_an_untrained_base_density_model_is_its_base(two_clusters):
+    """Untrained: log f = log q_σ to float precision (a DDE at σ, a NoiseConditionalDDE at
+    every σ), and normalization under the base gives log Ẑ = 0 up to float32 rounding (every weight e^0):
+    within 4·SE and flagged reliable."""
+    base = _mixture_base(two_clusters)
+    x = two_clusters[:64]
+    model = dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16), noise_std=0.2,
+                                          base=base, seed=0)
+    np.testing.assert_allclose(model.log_density(x), base.log_prob(tf.constant(x), 0.2),
+                               rtol=1e-6, atol=1e-6)
+    r = model.normalize(num_samples=5000)
+    assert abs(r.log_z) <= max(4 * r.stderr, 1e-6) and r.reliable
+    assert r.ess == pytest.approx(5000, rel=1e-9)
+    nc = dde.NoiseConditionalDDE(nets.conditional_residual_energy_mlp(2, 2, 16),
+                                 sigma_min=0.05, sigma_max=5.0, base=base, seed=0)
+    for sigma in (0.05, 1.0):
+        np.testing.assert_allclose(nc.log_density(x, noise_std=sigma),
+                                   base.log_prob(tf.constant(x), sigma), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind,bound", [("cap", 5.0), ("tanh", 3.0)])
+def test_the_residual_is_bounded_far_from_the_data_for_any_weights(two_clusters, kind, bound):
+    """For 5 random weight draws (scaled up ×3, so that the raw network output is large),
+    f − log q = g stays below the stated bound (softplus(bound) for "cap", bound for "tanh")
+    at points 10 data scales from the data: ∫ exp f ≤ e^{sup g} < ∞."""
+    base = _mixture_base(two_clusters)
+    scale = float(np.max(np.std(two_clusters, axis=0)))
+    rng = np.random.default_rng(1)
+    far = rng.normal(size=(500, 2))
+    far = 10 * scale * far / np.linalg.norm(far, axis=1, keepdims=True)
+    limit = math.log1p(math.exp(bound)) if kind == "cap" else bound
+    for draw in range(5):
+        net = nets.residual_energy_mlp(2, 2, 32, bound=bound, bound_kind=kind)
+        for v in net.weights:
+            v.assign(3.0 * rng.normal(size=v.shape))
+        model = dde.DenoisingDensityEstimator(net, noise_std=0.1, base=base,
+                                              smooth_base=False, seed=draw)
+        g = model.log_density(far) - base.log_prob(tf.constant(far, tf.float32)).numpy()
+        assert np.max(g) <= limit + 1e-4, (draw, np.max(g))
+        assert np.max(np.abs(g)) > 0.1  # the draws are not trivial
+
+
+class _BumpResidual(keras.layers.Layer):
+    """g(x) = log(1 + c·N(x; μ, s²I)/q(x)) for a Gaussian base q = N(0, I): then
+    ∫ q e^g = 1 + c exactly."""
+
+    def __init__(self, d, c, s, **kwargs):
+        super().__init__(**kwargs)
+        self.d, self.c, self.s = d, c, s
+        self.mu = np.full(d, 0.5 / math.sqrt(d), np.float32)
+
+    def call(self, x):
+        x = tf.cast(x, tf.float64)
+        log_bump = (-0.5 * tf.reduce_sum(tf.square((x - self.mu) / self.s), -1)
+                    - self.d * math.log(self.s) - 0.5 * self.d * math.log(2 * math.pi))
+        log_q = -0.5 * tf.reduce_sum(tf.square(x), -1) - 0.5 * self.d * math.log(2 * math.pi)
+        return tf.cast(tf.math.softplus(math.log(self.c) + log_bump - log_q), tf.float32)[:,
+                                                                                          None]
+
+
+@pytest.mark.parametrize("d", [2, 30])
+def test_normalization_under_the_base_matches_a_closed_form(d):
+    """f = log q + log(1 + c·N(μ, s²I)/q) with q = N(0, I), c = 1, s = 0.9: Z = 2. Importance
+    sampling under the base (the default proposal) gives log Ẑ within 4·SE of log 2 at
+    d = 2 and d = 30 (fails by chance with probability ≈ 6e-5 each, given a calibrated SE),
+    with its ESS reported and the estimate flagged reliable (the weights' variance is finite:
+    s² > 1/2)."""
+    base = bases.GaussianMixtureBase(1, d).set_parameters([1.0], np.zeros((1, d)),
+                                                          np.eye(d)[None])
+    model = dde.DenoisingDensityEstimator(_BumpResidual(d, 1.0, 0.9), noise_std=0.1, base=base,
+                                          smooth_base=False, seed=0)
+    model.ensure_built(d)
+    r = model.normalize(num_samples=100_000, seed=3)
+    assert abs(r.log_z - math.log(2.0)) <= 4 * r.stderr, (r.log_z, r.stderr)
+    assert r.reliable and 1000 < r.ess <= 100_000
+
+
+def test_the_ess_penalty_is_log_m_over_ess_and_zero_for_the_untrained_model(two_clusters):
+    """log(M/ESS) of given log-weights equals the NumPy formula M Σw²/(Σw)²; for the untrained
+    model (g ≡ 0) the penalized loss equals the likelihood loss exactly."""
+    lw = tf.constant(np.random.default_rng(2).normal(size=1000) * 1.5)
+    w = np.exp(lw.numpy())
+    expected = math.log(len(w) * np.sum(w * w) / np.sum(w) ** 2)
+    got = float(dde.EnergyModel.log_inverse_ess_fraction(lw))
+    assert got == pytest.approx(expected, rel=1e-10)
+    base = _mixture_base(two_clusters)
+    kwargs = dict(noise_std=0.1, base=base, smooth_base=False, objective="likelihood", seed=0)
+    plain = dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16), **kwargs)
+    penalized = dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16),
+                                              ess_penalty=0.3, **kwargs)
+    x = tf.constant(two_clusters[:128])
+    for m in (plain, penalized):
+        m.ensure_built(2)
+    seed = tf.constant([1, 2])
+    assert float(penalized.training_loss(x, seed)) == pytest.approx(
+        float(plain.training_loss(x, seed)), abs=1e-6)
+    with pytest.raises(ValueError, match="ess_penalty"):
+        dde.DenoisingDensityEstimator(nets.energy_mlp(2, 1, 8), ess_penalty=0.3)
+    with pytest.raises(ValueError, match="ess_penalty"):
+        dde.NoiseConditionalDDE(nets.conditional_residual_energy_mlp(2, 1, 8), base=base,
+                                ess_penalty=0.3)
+
+
+def test_a_briefly_trained_base_density_dde_beats_its_base_on_test_data():
+    """8gaussians (exact density known): a likelihood-trained DDE on a single-Gaussian base
+    (1,500 steps, 2×64 network) gains ≥ 0.5 nats of test ALL over the base, with log Ẑ by
+    importance sampling under the base; early stopping on the validation ALL
+    (ValidationLogLikelihood + EarlyStopping) restores weights whose stored log Ẑ is their
+    own. Measured with this seed: base −4.26, trained −3.05, exact density −2.80 nats, so a
+    failure means the training or normalization is broken (chance failure: none, the run
+    is deterministic on one machine; across machines the margin is 2.4× the threshold)."""
+    x = dde.datasets.toy.sample("8gaussians", 6000, seed=0).astype(np.float32)
+    train, val, test = x[:4000], x[4000:5000], x[5000:6000]
+    base = bases.fit_gaussian_base(train)
+    base_all = float(np.mean(base.log_prob(tf.constant(test))))
+    keras.utils.set_random_seed(0)
+    model = dde.DenoisingDensityEstimator(
+        nets.residual_energy_mlp(2, 2, 64, activation="swish", bound=5.0, bound_kind="tanh"),
+        noise_std=0.1, base=base, smooth_base=False, objective="likelihood",
+        ess_penalty=0.3, num_base_samples=512, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    data = tf.data.Dataset.from_tensor_slices(train).shuffle(4000, seed=0).repeat().batch(256)
+    selector = dde.ValidationLogLikelihood(val, num_samples=20_000)
+    model.fit(data, epochs=6, steps_per_epoch=250, verbose=0, callbacks=[
+        selector, keras.callbacks.EarlyStopping("val_all", mode="max", patience=3,
+                                                restore_best_weights=True)])
+    stored = float(model.log_z.numpy())
+    best = max(selector.history, key=lambda h: h["val_all"])
+    assert stored == pytest.approx(best["val_log_z"], abs=1e-9)
+    again = model.normalize(num_samples=20_000, seed=0)
+    assert again.log_z == pytest.approx(stored, abs=1e-6)
+    r = model.normalize(num_samples=100_000, seed=5)
+    test_all = float(np.mean(model.log_density(test))) - r.log_z
+    assert r.reliable and test_all > base_all + 0.5, (test_all, base_all)
+
+
+def test_base_density_variants_round_trip_through_keras_files(two_clusters, tmp_path):
+    """Every variant (DDE on a smoothed mixture base, likelihood-trained with the ESS
+    penalty, NoiseConditionalDDE on a base) saves and loads with identical outputs, its
+    options kept."""
+    base = _mixture_base(two_clusters)
+    rng = np.random.default_rng(3)
+    variants = {
+        "smoothed": dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16),
+                                                  noise_std=0.2, base=base, seed=0),
+        "likelihood": dde.DenoisingDensityEstimator(
+            nets.residual_energy_mlp(2, 2, 16, bound_kind="tanh", bound=3.0), noise_std=0.1,
+            base=base, smooth_base=False, objective="likelihood", ess_penalty=0.3,
+            num_base_samples=64, seed=0),
+        "conditional": dde.NoiseConditionalDDE(nets.conditional_residual_energy_mlp(2, 2, 16),
+                                               sigma_min=0.05, sigma_max=5.0, base=base,
+                                               seed=0),
+    }
+    x = two_clusters[:32]
+    for name, model in variants.items():
+        model.ensure_built(2)
+        for v in model.network.trainable_weights:
+            v.assign(0.1 * rng.normal(size=v.shape))
+        model.save(tmp_path / f"{name}.keras")
+        loaded = keras.models.load_model(tmp_path / f"{name}.keras")
+        np.testing.assert_array_equal(loaded.log_density(x), model.log_density(x))
+        assert (loaded.objective, loaded.ess_penalty, loaded.smooth_base) == (
+            model.objective, model.ess_penalty, model.smooth_base)
