@@ -73,6 +73,7 @@ METHODS = ("KDE", "GMM", "MAF", "RQ-NSF", "DDE-IS", "DDE-AIS", "ScoreNet-PF")
 LABELS = {"KDE": "KDE", "GMM": "GMM", "MAF": "MAF", "RQ-NSF": "RQ-NSF", "DDE-IS": "DDE (IS)",
           "DDE-AIS": "DDE (AIS)", "ScoreNet-PF": "ScoreNet (PF)"}
 FLOWS = ("MAF", "RQ-NSF")  # the flow peers; the DDE is compared with every peer
+UNRELIABLE_MARK = "†"
 _START = time.perf_counter()
 
 
@@ -105,17 +106,22 @@ class Budget:
     flow_max_grad_norm: float = 10.0
     batch_size: int = 256
     learning_rate: float = 1e-3
-    # The DDE's σ path: one model per architecture, trained at each σ in turn (warm start).
-    dde_noise_stds: list = field(default_factory=lambda: np.geomspace(0.4, 0.05, 6).tolist())
-    dde_architectures: list = field(default_factory=lambda: [[3, 128]])
-    dde_max_steps: int = 6000       # per architecture, split evenly over the σ path
-    dde_envelope_scale: float = 3.0  # f = MLP(x) − ‖x‖²/(2s²); 0: the bare MLP
-    dde_patience: int = 6           # epochs without validation-loss improvement (per σ)
-    select_ais_chains: int = 256
-    select_ais_steps: int = 100
+    # The DDE: f = log q + g, q a base density fitted first (dde.bases), g a bounded residual
+    # network trained by maximum likelihood under q with the χ² (ESS) penalty.
+    dde_bases: list = field(default_factory=lambda: ["gmm", "flow"])
+    dde_base_smoothings: list = field(default_factory=lambda: [0.0, 0.1])  # mixture base only
+    dde_depth: int = 3
+    dde_width: int = 128
+    dde_bound: float = 3.0          # |g| < 3 (UpperBound "tanh")
+    dde_max_steps: int = 15_000
+    dde_eval_every: int = 500       # steps between validation-ALL evaluations
+    dde_patience: int = 8           # evaluations without improvement before stopping
+    dde_min_steps: int = 2_000
+    dde_learning_rate: float = 3e-3  # cosine decay to 0 over dde_max_steps
+    dde_ess_penalty: float = 0.3
+    dde_base_batch: int = 1024      # base samples per step (the in-batch log Ẑ)
+    dde_eval_samples: int = 50_000  # IS samples of each validation evaluation
     final_is_samples: int = 100_000
-    final_is_proposals: list = field(
-        default_factory=lambda: ["gaussian", "student_t"])
     final_ais_chains: int = 512
     final_ais_steps: int = 300
     score_max_steps: int = 3000
@@ -132,9 +138,9 @@ class Budget:
                    maf_max_steps=30, maf_patience=3, nsf_layers=2, nsf_hidden=[16, 16],
                    nsf_bins=4, nsf_max_steps=30, nsf_patience=3, flow_batch_size=64,
                    batch_size=64,
-                   dde_noise_stds=[0.5, 0.3], dde_architectures=[[2, 32]], dde_max_steps=40,
-                   dde_patience=3, select_ais_chains=32,
-                   select_ais_steps=10, final_is_samples=4000, final_is_proposals=["gaussian"],
+                   dde_base_smoothings=[0.0], dde_depth=2, dde_width=16, dde_max_steps=60,
+                   dde_eval_every=20, dde_patience=2, dde_min_steps=20, dde_base_batch=128,
+                   dde_eval_samples=2000, final_is_samples=4000,
                    final_ais_chains=32, final_ais_steps=10, score_max_steps=30,
                    score_patience=3, pf_max_test=32,
                    pf_rtol=1e-3, pf_jit_compile=False, min_steps_per_epoch=10)
@@ -196,7 +202,7 @@ def gaussian_kde_log_density(train, x, bandwidths, chunk: int = 512) -> np.ndarr
     return out - math.log(n_train) - 0.5 * d * np.log(2 * math.pi * h * h)[:, None]
 
 
-def run_kde(splits, budget: Budget, seed: int) -> dict:
+def run_kde(splits, budget: Budget, seed: int, context=None) -> dict:
     """Gaussian KDE with the bandwidth maximizing the validation log-likelihood.
 
     Log-densities are computed exactly (`gaussian_kde_log_density`). scikit-learn's
@@ -244,7 +250,7 @@ def _fit_gmm(k: int, x, budget: Budget, seed: int):
                 raise
 
 
-def run_gmm(splits, budget: Budget, seed: int) -> dict:
+def run_gmm(splits, budget: Budget, seed: int, context=None) -> dict:
     """GaussianMixture (full covariance) with the component count maximizing the validation
     log-likelihood. Counts are tried in increasing order until `gmm_patience` successive ones
     fail to improve it, or a mixture would have more parameters than training values."""
@@ -318,10 +324,13 @@ def _flow_selection(method: str, budget: Budget) -> dict:
             "weight_decay": budget.flow_weight_decay, "batch_size": budget.flow_batch_size}
 
 
-def run_flow(splits, budget: Budget, seed: int, method: str) -> dict:
-    """A flow (`fit_flow`) and its test log-likelihoods."""
+def run_flow(splits, budget: Budget, seed: int, method: str, context=None) -> dict:
+    """A flow (`fit_flow`) and its test log-likelihoods; the trained flow is kept in
+    `context[method]` (the DDE's flow base)."""
     t0 = time.perf_counter()
     flow, record = fit_flow(splits, method, budget, seed)
+    if context is not None:
+        context[method] = flow
     val_all = float(np.mean(flow.log_prob(splits.validation)))
     t1 = time.perf_counter()
     test_ll = flow.log_prob(splits.test)
@@ -331,14 +340,14 @@ def run_flow(splits, budget: Budget, seed: int, method: str) -> dict:
                   skipped_steps=record["skipped_steps"])
 
 
-def run_maf(splits, budget: Budget, seed: int) -> dict:
+def run_maf(splits, budget: Budget, seed: int, context=None) -> dict:
     """The masked autoregressive flow (`run_flow`)."""
-    return run_flow(splits, budget, seed, "MAF")
+    return run_flow(splits, budget, seed, "MAF", context)
 
 
-def run_nsf(splits, budget: Budget, seed: int) -> dict:
+def run_nsf(splits, budget: Budget, seed: int, context=None) -> dict:
     """The rational-quadratic neural spline flow (`run_flow`)."""
-    return run_flow(splits, budget, seed, "RQ-NSF")
+    return run_flow(splits, budget, seed, "RQ-NSF", context)
 
 
 # -------------------------------------------------------------------------------- DDE
@@ -388,139 +397,160 @@ def _fit_keras(model, splits, budget: Budget, max_steps: int, patience: int, lab
             history)
 
 
-def _normalize(model, x_train, method: str, samples: int, steps: int, proposal="gaussian",
-               seed: int = 0):
-    """model.normalize with the warnings of a small ESS recorded rather than printed."""
-    from dde.partition import LowEffectiveSampleSizeWarning
-
-    options = {"num_samples": samples, "seed": seed}
-    if method == "ais":
-        options.update(num_steps=steps, batch_size=min(samples, 1024))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LowEffectiveSampleSizeWarning)
-        return model.normalize(x_train, method=method, proposal=proposal, **options)
-
-
-def _all_of(model, x) -> tuple:
+def _all_of(model, x):
+    """(AverageLogLikelihood, per-example log-likelihoods [n]) of a normalized model."""
     from dde.partition import average_log_likelihood
 
-    res = average_log_likelihood(model, x)
+    with warnings.catch_warnings():  # reliability is recorded in the result, not printed
+        warnings.simplefilter("ignore")
+        res = average_log_likelihood(model, x)
     return res, model.log_density(x).astype(np.float64) - float(model.log_z.numpy())
 
 
-def energy_network(d: int, depth: int, width: int, envelope_scale: float = 0.0):
-    """`dde.nets.energy_mlp` (softplus), plus a fixed Gaussian envelope −‖x‖²/(2s²) when
-    envelope_scale s > 0: f(x) = MLP(x) − ‖x‖²/(2s²), [batch, d] → [batch, 1].
+def fit_dde_base(kind: str, splits, budget: Budget, seed: int, flow=None):
+    """The base density of a DDE candidate: "gmm" — `dde.bases.fit_mixture_base` (full
+    covariances, the component count by validation log-likelihood); "flow" — the RQ-NSF
+    peer's trained flow (None when it did not run)."""
+    from dde import bases
 
-    A softplus MLP is asymptotically linear, so exp f need not be integrable; the envelope
-    makes ∫ exp f finite whatever the MLP learns (on standardized data s = 3 barely touches
-    the data region, whose log-density the MLP learns as a residual).
-    """
+    if kind == "flow":
+        return None if flow is None else bases.as_base(flow)
+    base, scores = bases.fit_mixture_base(splits.train, splits.validation,
+                                          n_components=budget.gmm_components, seed=seed)
+    return base
+
+
+def train_dde(splits, base, smoothing: float, budget: Budget, seed: int, label: str):
+    """One DDE candidate f = log q_s + g: `nets.residual_energy_mlp` (swish, |g| < bound,
+    last layer zero: the untrained model is its base), trained by maximum likelihood under
+    the base with the ESS penalty (Adam, cosine-decayed learning rate, `dde_base_batch` base
+    samples per step), evaluated every `dde_eval_every` steps on the validation ALL
+    (`dde.ValidationLogLikelihood`: importance sampling under the base), early stopping with
+    the best weights — and their log Ẑ — restored. The untrained model (the base itself) is
+    a candidate too. Returns (model, record)."""
     import keras
+    import tensorflow as tf
 
+    import dde
     from dde import nets
 
-    mlp = nets.energy_mlp(d, depth=depth, width=width, activation="softplus")
-    if not envelope_scale:
-        return mlp
-    x = keras.Input(shape=(d,), name="x")
-    quad = keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True) * (
-        -0.5 / envelope_scale ** 2)
-    return keras.Model(x, keras.layers.Add(name="energy")([mlp(x), quad]),
-                       name="enveloped_energy_mlp")
-
-
-def run_dde(splits, budget: Budget, seed: int) -> dict:
-    """DDEs along a σ path, the (architecture, σ) with the best validation ALL kept; its IS
-    and AIS test results.
-
-    Per architecture one model is trained at σ₁ > σ₂ > … in turn (`dde_noise_stds`, an even
-    share of `dde_max_steps` each, early stopping per σ), each stage starting from the
-    previous one's weights. After each stage the model — a DDE of the σ-smoothed density at
-    that σ — is normalized by AIS (importance sampling alone underestimates log Z when its
-    effective sample size is small, which would favour the worst-normalized candidate) and
-    scored on the validation split.
-    """
-    import keras
-
-    from dde import DenoisingDensityEstimator
-
     d = splits.dim
-    stage_steps = max(1, budget.dde_max_steps // len(budget.dde_noise_stds))
+    keras.utils.set_random_seed(seed)
+    model = dde.DenoisingDensityEstimator(
+        nets.residual_energy_mlp(d, budget.dde_depth, budget.dde_width, activation="swish",
+                                 bound=budget.dde_bound, bound_kind="tanh"),
+        noise_std=smoothing if smoothing > 0 else 0.1, base=base,
+        smooth_base=smoothing > 0, objective="likelihood", ess_penalty=budget.dde_ess_penalty,
+        num_base_samples=budget.dde_base_batch, seed=seed)
+    model.ensure_built(d)
+    model.set_data_statistics(splits.train)
+    selector = dde.ValidationLogLikelihood(splits.validation,
+                                           num_samples=budget.dde_eval_samples, seed=seed)
+    selector.set_model(model)
+    start = selector.evaluate()  # the base itself (g ≡ 0)
+    initial = model.get_weights()
+    epochs = max(1, budget.dde_max_steps // budget.dde_eval_every)
+    schedule = keras.optimizers.schedules.CosineDecay(budget.dde_learning_rate,
+                                                      epochs * budget.dde_eval_every)
+    model.compile(optimizer=keras.optimizers.Adam(schedule))
+    batch = _batch_size(len(splits.train), budget.batch_size)
+    data = (tf.data.Dataset.from_tensor_slices(splits.train.astype(np.float32))
+            .shuffle(min(len(splits.train), 100_000), seed=seed).repeat().batch(batch)
+            .prefetch(2))
+    stopper = keras.callbacks.EarlyStopping(
+        "val_all", mode="max", patience=budget.dde_patience, restore_best_weights=True,
+        start_from_epoch=max(0, budget.dde_min_steps // budget.dde_eval_every - 1))
+    model.fit(data, epochs=epochs, steps_per_epoch=budget.dde_eval_every, verbose=0,
+              callbacks=[selector, stopper])
+    history = [{"step": (h["epoch"] + 1) * budget.dde_eval_every, **h}
+               for h in selector.history]
+    best = max(history, key=lambda h: h["val_all"])
+    if not best["val_all"] > start["val_all"]:  # training did not beat the base
+        model.set_weights(initial)
+        best = {"step": 0, **start}
+    log(f"  {label}: best validation ALL {best['val_all']:.3f} at step {best['step']} of "
+        f"{history[-1]['step'] if history else 0} (base {start['val_all']:.3f}; log Ẑ "
+        f"{best['val_log_z']:.3f}, ESS {best['val_ess']:.0f}, k̂ {best['val_pareto_k']:.2f})")
+    return model, {"base_val_all": start["val_all"], "val_all": best["val_all"],
+                   "best_step": best["step"],
+                   "steps_run": history[-1]["step"] if history else 0,
+                   "val_log_z": best["val_log_z"], "val_ess": best["val_ess"],
+                   "val_pareto_k": best["val_pareto_k"]}
+
+
+def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
+    """Base-density DDEs (`train_dde`) on each base of `dde_bases` (a Gaussian mixture,
+    unsmoothed and smoothed at each of `dde_base_smoothings`; the RQ-NSF peer's flow when it
+    ran), the candidate with the best validation ALL kept; its test results under two
+    independent normalizations: importance sampling under its base with `final_is_samples`
+    ("DDE (IS)", the training data as reference samples of the coverage check) and AIS from
+    the base (HMC, `final_ais_chains` × `final_ais_steps`, "DDE (AIS)"). Their difference in
+    combined standard errors is the agreement column; a row is unreliable when its own
+    estimate is (k̂, ESS, coverage), when ESS < 100, or when the two differ by > 3·SE."""
+    flow = (context or {}).get("RQ-NSF")
     t0 = time.perf_counter()
-    candidates, best, best_model, best_weights = [], None, None, None
-    for depth, width in budget.dde_architectures:
-        keras.utils.set_random_seed(seed)
-        model = DenoisingDensityEstimator(
-            energy_network(d, depth, width, budget.dde_envelope_scale),
-            noise_std=budget.dde_noise_stds[0], seed=seed)
-        model.compile(optimizer=keras.optimizers.Adam(budget.learning_rate))
-        total_steps = 0
-        for sigma in budget.dde_noise_stds:
-            label = f"DDE σ={sigma:.3g} {depth}×{width}"
+    candidates, best = [], None
+    for kind in budget.dde_bases:
+        base = fit_dde_base(kind, splits, budget, seed, flow)
+        if base is None:
+            continue
+        for s in (budget.dde_base_smoothings if kind == "gmm" else [0.0]):
+            label = f"DDE on {kind} base" + (f" (smoothed at {s:g})" if s else "")
             tc = time.perf_counter()
-            model.noise_std.assign(sigma)
-            steps, val_loss, _ = _fit_keras(model, splits, budget, stage_steps,
-                                            budget.dde_patience, label, compile=False)
-            total_steps += steps
-            z = _normalize(model, splits.train, "ais", budget.select_ais_chains,
-                           budget.select_ais_steps, seed=seed)
-            val = _all_of(model, splits.validation)[0]
-            entry = {"noise_std": round(float(sigma), 5), "depth": depth, "width": width,
-                     "steps": total_steps, "val_loss": val_loss, "val_all": val.mean,
-                     "val_all_se": val.stderr, "log_z": z.log_z, "log_z_stderr": z.stderr,
-                     "ess": z.ess, "selection_normalization": "ais",
+            model, record = train_dde(splits, base, s, budget, seed, label)
+            entry = {"base": kind, "base_smoothing": s, **record,
                      "seconds": time.perf_counter() - tc}
+            if kind == "gmm":
+                entry["base_components"] = int(base.num_components)
             candidates.append(entry)
-            log(f"  {label}: {total_steps} steps, validation ALL {val.mean:.3f} ± "
-                f"{2 * val.stderr:.3f} (log Ẑ by AIS, ESS {z.ess:.0f})")
-            if best is None or val.mean > best["val_all"]:
-                best, best_model, best_weights = entry, model, model.get_weights()
+            if best is None or record["val_all"] > best[0]["val_all"]:
+                best = (entry, model)
+    entry, model = best
     train_time = time.perf_counter() - t0
-    model = best_model
-    model.set_weights(best_weights)  # includes σ
     out = {}
-    # Importance sampling: Gaussian and GMM proposals, the larger ESS is kept.
     t1 = time.perf_counter()
-    tries = []
-    from dde.partition import PROPOSALS
-
-    for proposal in [p for p in budget.final_is_proposals if p in PROPOSALS]:
-        z = _normalize(model, splits.train, "is", budget.final_is_samples, 0, proposal,
-                       seed=seed + 1)
-        tries.append((z.ess, proposal, z))
-    ess, proposal, z = max(tries, key=lambda item: item[0])
-    model.set_log_partition(z.log_z, z.stderr, z.ess)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        z_is = model.normalize(splits.train, num_samples=budget.final_is_samples,
+                               seed=seed + 1)
+    test_is, ll_is = _all_of(model, splits.test)
     val_is = _all_of(model, splits.validation)[0]
-    test_is, test_ll = _all_of(model, splits.test)
-    out["DDE-IS"] = _dde_result(test_is, test_ll, z, val_is, best, candidates, train_time,
-                                time.perf_counter() - t1, proposal=proposal,
-                                other_proposals={p: {"log_z": r.log_z, "ess": r.ess}
-                                                 for _, p, r in tries})
-    # Annealed importance sampling from the Gaussian proposal.
+    is_time = time.perf_counter() - t1
     t2 = time.perf_counter()
-    z = _normalize(model, splits.train, "ais", budget.final_ais_chains,
-                   budget.final_ais_steps, "gaussian", seed=seed + 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        z_ais = model.normalize(method="ais", num_samples=budget.final_ais_chains,
+                                num_steps=budget.final_ais_steps, seed=seed + 2,
+                                batch_size=min(budget.final_ais_chains, 1024))
+    test_ais, ll_ais = _all_of(model, splits.test)
     val_ais = _all_of(model, splits.validation)[0]
-    test_ais, test_ll = _all_of(model, splits.test)
-    out["DDE-AIS"] = _dde_result(test_ais, test_ll, z, val_ais, best, candidates, train_time,
-                                 time.perf_counter() - t2, proposal="gaussian",
-                                 ais_steps=budget.final_ais_steps,
-                                 acceptance_rate=z.diagnostics.get("acceptance_rate"))
-    return out
-
-
-def _dde_result(test, test_ll, z, val, best, candidates, train_time, eval_time, **extra):
-    out = result(test_ll, val_all=val.mean, train_time=train_time, eval_time=eval_time,
-                 selected={k: best[k] for k in ("noise_std", "depth", "width", "steps")},
-                 candidates=candidates, num_samples=z.num_samples, **extra)
-    out.update(test_all=test.mean, stderr=test.stderr, test_se=test.test_stderr,
-               log_z=z.log_z, log_z_stderr=z.stderr, ess=z.ess)
+    ais_time = time.perf_counter() - t2
+    gap = z_is.log_z - z_ais.log_z
+    gap_se = math.sqrt(z_is.stderr ** 2 + z_ais.stderr ** 2)
+    agreement = {"is_minus_ais": gap, "combined_se": gap_se,
+                 "in_se": abs(gap) / gap_se if gap_se > 0 else (0.0 if gap == 0 else math.inf)}
+    agree = agreement["in_se"] <= 3.0
+    selected = {k: entry[k] for k in ("base", "base_smoothing", "best_step")}
+    if "base_components" in entry:
+        selected["base_components"] = entry["base_components"]
+    for name, z, test, ll, val, seconds in (("DDE-IS", z_is, test_is, ll_is, val_is, is_time),
+                                           ("DDE-AIS", z_ais, test_ais, ll_ais, val_ais,
+                                            ais_time)):
+        reasons = [r for r, bad in (("estimate", not z.reliable), ("ESS < 100", z.ess < 100),
+                                    ("IS and AIS differ > 3 SE", not agree)) if bad]
+        r = result(ll, val_all=val.mean, train_time=train_time, eval_time=seconds,
+                   selected=selected, candidates=candidates, num_samples=z.num_samples,
+                   agreement=agreement, unreliable=bool(reasons),
+                   unreliable_reasons=reasons, pareto_k=z.pareto_k)
+        r.update(test_all=test.mean, stderr=test.stderr, test_se=test.test_stderr,
+                 log_z=z.log_z, log_z_stderr=z.stderr, ess=z.ess)
+        out[name] = r
+    out["DDE-AIS"]["acceptance_rate"] = z_ais.diagnostics.get("acceptance_rate")
     return out
 
 
 # ------------------------------------------------------------------- score network (PF)
-def run_score_pf(splits, budget: Budget, seed: int) -> dict:
+def run_score_pf(splits, budget: Budget, seed: int, context=None) -> dict:
     """ScoreNetwork (VP-SDE, likelihood weighting) and its probability-flow test ALL."""
     import keras
 
@@ -558,7 +588,15 @@ def _cell(r: dict | None) -> str:
     if not np.isfinite(r["test_all"]):
         return "−∞"
     fmt = ".2f" if abs(r["test_all"]) < 1e5 and 2 * r["stderr"] < 1e5 else ".1e"
-    return f"{r['test_all']:{fmt}} ± {2 * r['stderr']:{fmt}}"
+    mark = UNRELIABLE_MARK if r.get("unreliable") else ""
+    return f"{r['test_all']:{fmt}} ± {2 * r['stderr']:{fmt}}{mark}"
+
+
+def _comparable(r: dict | None) -> bool:
+    """A result that may be compared (and bolded): it ran, is finite and is not marked
+    unreliable."""
+    return (r is not None and "error" not in r and np.isfinite(r["test_all"])
+            and not r.get("unreliable"))
 
 
 def markdown(report: dict, methods) -> str:
@@ -568,35 +606,43 @@ def markdown(report: dict, methods) -> str:
     for name, ds in report["datasets"].items():
         n = ds["sizes"]
         best = max((ds["methods"][m]["test_all"] for m in methods
-                    if m in ds["methods"] and "error" not in ds["methods"][m]),
-                   default=None)
+                    if _comparable(ds["methods"].get(m))), default=None)
         cells = []
         for m in methods:
             r = ds["methods"].get(m)
             text = _cell(r)
-            if r is not None and "error" not in r and r["test_all"] == best:
+            if _comparable(r) and r["test_all"] == best:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {name} | {ds['d']} | {n['train']} / {n['validation']} / {n['test']} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "| data set | method | test ALL ± 2·SE | median | n test | validation ALL | "
-              "log Ẑ ± SE (ESS) | selected | train s | eval s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"{UNRELIABLE_MARK} unreliable: the normalization is flagged (Pareto k̂, "
+              "ESS or the coverage check), its ESS is below 100, or IS and AIS differ by more "
+              "than 3 combined SE; such rows are never bolded.", "",
+              "| data set | method | test ALL ± 2·SE | median | n test | validation ALL | "
+              "log Ẑ ± SE (ESS) | k̂ | IS − AIS (SE) | selected | train s | eval s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, ds in report["datasets"].items():
         for m in methods:
             r = ds["methods"].get(m)
             if r is None:
                 continue
             if "error" in r:
-                lines.append(f"| {name} | {LABELS[m]} | failed: {r['error'][:60]} | | | | | | | |")
+                lines.append(f"| {name} | {LABELS[m]} | failed: {r['error'][:60]} "
+                             "| | | | | | | | | |")
                 continue
-            z = "exact"
+            z, k, agree = "exact", "—", "—"
             if r.get("log_z") is not None:
                 z = f"{r['log_z']:.2f} ± {r['log_z_stderr']:.3f} ({r['ess']:.0f})"
+            if r.get("pareto_k") is not None:
+                k = f"{r['pareto_k']:.2f}"
+            if r.get("agreement"):
+                a = r["agreement"]
+                agree = f"{a['is_minus_ais']:+.3f} ({a['in_se']:.1f})"
             sel = ", ".join(f"{k}={v}" for k, v in (r.get("selected") or {}).items())
             val = "—" if r.get("val_all") is None else f"{r['val_all']:.2f}"
             lines.append(f"| {name} | {LABELS[m]} | {_cell(r)} | {r['test_median']:.2f} | "
-                         f"{r['n_test']} | {val} | {z} | "
+                         f"{r['n_test']} | {val} | {z} | {k} | {agree} | "
                          f"{sel} | {r['train_time_s']:.1f} | {r['eval_time_s']:.1f} |")
     return "\n".join(lines)
 
@@ -605,7 +651,7 @@ def closing_note(report: dict, methods) -> str:
     """How the DDE compares with KDE, GMM and the flows on each data set.
 
     Both log Ẑ estimates (IS and AIS) are biased low in expectation, so each DDE ALL is
-    biased high: the note uses the lower of the two.
+    biased high: the note uses the lower of the two (marked † when unreliable).
     """
     rows = [m for m in ("DDE-IS", "DDE-AIS") if m in methods]
     if not rows:
@@ -626,12 +672,43 @@ def closing_note(report: dict, methods) -> str:
             se = math.sqrt(r["stderr"] ** 2 + p["stderr"] ** 2)
             parts.append(f"{peer} {gap:+.2f} (2·SE {2 * se:.2f})")
         if parts:
-            notes.append(f"- {name}: DDE − " + ", ".join(parts))
+            mark = UNRELIABLE_MARK if r.get("unreliable") else ""
+            notes.append(f"- {name}: DDE{mark} − " + ", ".join(parts))
     if not notes:
         return ""
+    goal = goal_summary(report, methods)
     return ("Test ALL of the DDE (the lower of its IS and AIS values) minus each peer's "
             "(positive: the DDE is better; the 2·SE of a difference treats the two estimates "
-            "as independent):\n" + "\n".join(notes))
+            "as independent):\n" + "\n".join(notes) + (f"\n\n{goal}" if goal else ""))
+
+
+def goal_summary(report: dict, methods) -> str:
+    """On how many data sets the DDE (the lower of its IS and AIS values) has the best test
+    ALL or is within 2·SE of the best comparable method, and on how many its two
+    normalizations agree within 3 combined SE."""
+    rows = [m for m in ("DDE-IS", "DDE-AIS") if m in methods]
+    if not rows:
+        return ""
+    won, agreed, total = [], [], 0
+    for name, ds in report["datasets"].items():
+        found = [ds["methods"][m] for m in rows
+                 if m in ds["methods"] and "error" not in ds["methods"][m]]
+        if not found:
+            continue
+        total += 1
+        r = min(found, key=lambda item: item["test_all"])
+        if r.get("agreement") and r["agreement"]["in_se"] <= 3.0:
+            agreed.append(name)
+        peers = [p for m, p in ds["methods"].items() if m not in rows and _comparable(p)]
+        best = max(peers, key=lambda p: p["test_all"], default=None)
+        if best is None or (not r.get("unreliable") and (
+                r["test_all"] >= best["test_all"]
+                or best["test_all"] - r["test_all"] <= 2 * math.sqrt(
+                    r["stderr"] ** 2 + best["stderr"] ** 2))):
+            won.append(name)
+    return (f"The DDE is best or within 2·SE of the best on {len(won)} of {total} data sets "
+            f"({', '.join(won) or 'none'}); its IS and AIS normalizations agree within 3·SE "
+            f"on {len(agreed)} of {total}.")
 
 
 # --------------------------------------------------------------------------------- main
@@ -653,14 +730,15 @@ def run_dataset(name: str, data_dir, methods, budget: Budget, seed: int) -> dict
         jobs.append("DDE")
     if "ScoreNet-PF" in methods:
         jobs.append("ScoreNet-PF")
+    context = {}  # trained models shared between methods (the RQ-NSF flow: a DDE base)
     for job in jobs:
         log(f"{name}: {job} …")
         try:
             if job == "DDE":
-                out = run_dde(splits, budget, seed)
+                out = run_dde(splits, budget, seed, context)
                 out = {m: r for m, r in out.items() if m in methods}
             else:
-                out = {job: RUNNERS[job](splits, budget, seed)}
+                out = {job: RUNNERS[job](splits, budget, seed, context)}
         except Exception as err:  # one failing method must not lose the others' results
             log(f"{name}: {job} failed: {type(err).__name__}: {err}")
             labels = ["DDE-IS", "DDE-AIS"] if job == "DDE" else [job]

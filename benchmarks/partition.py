@@ -3,10 +3,13 @@
     python benchmarks/partition.py [--quick] [--dims 2,6,21,43] [--budgets 1e3,1e4,1e5,1e6]
                                    [--dde-dataset NAME --data-dir DIR] [--seed S] [--out FILE]
 
-Part 1 — energies with known log Z. For each d and two targets, f = log p + C with C known:
-"gaussian" (a random full-covariance Gaussian) and "mixture" (three well-separated Gaussian
-components with random full covariances and weights 0.5/0.3/0.2). Proposals are fitted to
-20,000 samples of the target (the "training data"), as they would be to data. For every
+Part 1 — energies with known log Z. For each d and four targets, f = log p + C with C known:
+"gaussian" (a random full-covariance Gaussian), "mixture" (three well-separated Gaussian
+components with random full covariances and weights 0.5/0.3/0.2), and two outside every
+proposal's family (`targets.py`): "banana" (a rotated banana, volume-preserving) and
+"student_t" (a correlated Student-t, 5 degrees of freedom). Proposals are fitted to
+20,000 samples of the target (the "training data"), as they would be to data; 2,000 further
+exact draws are the reference samples of the reliability checks. For every
 budget of density evaluations (1e3 … 1e6) each method estimates log Z once:
 
 - IS (gaussian): full-covariance Gaussian fitted to the data;
@@ -21,9 +24,10 @@ budget of density evaluations (1e3 … 1e6) each method estimates log Z once:
   budget allows. Each AIS evaluation includes the gradient (≈2–3× the cost of a plain
   evaluation): compare wall times too.
 
-Reported: |log Ẑ − log Z|, the reported standard error (delta method), their ratio, the ESS
-and the wall time. Target: at d = 43 with 1e6 evaluations, |log Ẑ − log Z| ≤ 0.05 nats on
-the mixture with the best method.
+Reported: |log Ẑ − log Z|, the reported standard error, the ESS, the Pareto k̂, whether the
+estimate is marked reliable (`dde.partition`), and the wall time. Headline: on the
+out-of-family targets at the largest d and budget, the best method among those marked
+reliable, its error in nats and in standard errors, and the methods marked unreliable.
 
 Part 2 — a trained DDE (no known log Z): `dde.DenoisingDensityEstimator` (3 × 128 softplus,
 σ = 0.1) trained on 20,000 samples of the d = 6 (and, full run, d = 21) mixture above, or on
@@ -51,12 +55,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from targets import Target  # noqa: E402
+
 METHODS = ("IS (gaussian)", "IS (student_t)", "IS (gmm)", "IS (smoothed)", "AIS (HMC)")
 AIS_TEMPERATURES = {1e3: 10, 1e4: 40, 1e5: 100, 1e6: 200}
 AIS_LEAPFROG = 5
 SMOOTHED_MAX_BUDGET = 1e5
 SMOOTHED_POINTS = 1000
 N_TRAIN = 20_000
+N_REFERENCE = 2_000
+TARGETS = ("gaussian", "mixture", "banana", "student_t")
+#: The headline: targets outside every proposal's family.
+OUT_OF_FAMILY = ("banana", "student_t")
+#: Proposals of a target's own family, left out of its headline.
+SAME_FAMILY = {"student_t": ("IS (student_t)",)}
 _START = time.perf_counter()
 
 
@@ -73,10 +86,19 @@ def random_covariance(d, rng):
 
 
 def make_target(kind, d, seed):
-    """(log_density_fn, true log Z, training samples [N_TRAIN, d], description)."""
+    """(log_density_fn, true log Z, training samples [N_TRAIN, d], reference samples
+    [N_REFERENCE, d]): the reference samples are independent exact draws of the target, for
+    the reliability checks (`reference_samples` of `dde.partition`). "gaussian" and "mixture"
+    as described above; "banana" and "student_t" are `targets.Target` families, outside the
+    proposals' own families."""
     import tensorflow as tf
     import tensorflow_probability as tfp
 
+    if kind in ("banana", "student_t"):
+        target = Target(kind, d, seed)
+        rng = np.random.default_rng([seed, d, 2])
+        return (target.energy(), target.c, target.sample(N_TRAIN, rng),
+                target.sample(N_REFERENCE, rng))
     tfd = tfp.distributions
     rng = np.random.default_rng([seed, d, 0 if kind == "gaussian" else 1])
     constant = float(rng.uniform(-20, 20))
@@ -90,12 +112,12 @@ def make_target(kind, d, seed):
         dist = tfd.MixtureSameFamily(
             tfd.Categorical(probs=tf.constant([0.5, 0.3, 0.2], tf.float64)),
             tfd.MultivariateNormalTriL(tf.constant(means), tf.constant(chol)))
-    x = dist.sample(N_TRAIN, seed=tf.constant([seed, d], tf.int32)).numpy()
+    x = dist.sample(N_TRAIN + N_REFERENCE, seed=tf.constant([seed, d], tf.int32)).numpy()
 
     def log_density(x):
         return dist.log_prob(x) + constant
 
-    return log_density, constant, x
+    return log_density, constant, x[:N_TRAIN], x[N_TRAIN:]
 
 
 def gmm_components_by_bic(x, seed, choices=(1, 2, 3, 4)):
@@ -134,9 +156,10 @@ def ais_settings(budget):
     return k, max(chains, 2)
 
 
-def run_method(method, fn, q, budget, seed):
+def run_method(method, fn, q, budget, seed, reference=None):
     """One estimate with `budget` density evaluations; returns a record (or None if the
-    method does not run at this budget)."""
+    method does not run at this budget). reference: exact draws of the target for the
+    reliability checks (IS: the coverage test; AIS: the reverse run, one chain per draw)."""
     from dde import partition as P
 
     if method == "IS (smoothed)" and budget > SMOOTHED_MAX_BUDGET:
@@ -146,15 +169,22 @@ def run_method(method, fn, q, budget, seed):
         warnings.simplefilter("always")
         if method.startswith("AIS"):
             k, chains = ais_settings(budget)
+            refs = None if reference is None else reference[
+                np.random.default_rng(seed).choice(len(reference), chains)]
             r = P.estimate_log_partition(fn, q, chains, batch_size=4096, seed=seed,
                                          method="ais", num_steps=k,
-                                         num_leapfrog_steps=AIS_LEAPFROG)
+                                         num_leapfrog_steps=AIS_LEAPFROG,
+                                         reference_samples=refs)
         else:
-            r = P.estimate_log_partition(fn, q, int(budget), batch_size=16384, seed=seed)
+            r = P.estimate_log_partition(fn, q, int(budget), batch_size=16384, seed=seed,
+                                         reference_samples=reference)
     low_ess = any(issubclass(w.category, P.LowEffectiveSampleSizeWarning) for w in caught)
     return {"log_z": r.log_z, "stderr": r.stderr, "ess": r.ess, "num_samples": r.num_samples,
             "evaluations": r.num_evaluations, "seconds": time.perf_counter() - start,
-            "low_ess_warning": low_ess,
+            "low_ess_warning": low_ess, "pareto_k": r.pareto_k, "reliable": bool(r.reliable),
+            "coverage_statistic": r.coverage_statistic,
+            "coverage_critical": r.coverage_critical, "log_z_upper": r.log_z_upper,
+            "stderr_upper": r.stderr_upper,
             "acceptance_rate": r.diagnostics.get("acceptance_rate")}
 
 
@@ -223,7 +253,7 @@ def budget_label(b):
 
 def known_z_tables(records, dims, budgets):
     lines = []
-    for kind in ("gaussian", "mixture"):
+    for kind in TARGETS:
         for d in dims:
             rows = [r for r in records if r["target"] == kind and r["d"] == d]
             if not rows:
@@ -232,7 +262,7 @@ def known_z_tables(records, dims, budgets):
             lines.append(f"\n**{kind}, d = {d}** (true log Z = {meta['true_log_z']:.3f}; "
                          f"gmm K = {meta['gmm_components']}, smoothed σ = "
                          f"{meta['smoothing_std']:.3f}). Cells: |log Ẑ − log Z| / reported SE "
-                         "(ESS); * = low-ESS warning\n")
+                         "(ESS); ! = marked unreliable (k̂, ESS or the coverage check)\n")
             lines.append("| method | " + " | ".join(budget_label(b) for b in budgets) + " |")
             lines.append("|---|" + "---|" * len(budgets))
             for method in METHODS:
@@ -243,7 +273,7 @@ def known_z_tables(records, dims, budgets):
                         cells.append("—")
                         continue
                     r = hit[0]
-                    star = "*" if r["low_ess_warning"] else ""
+                    star = "" if r["reliable"] else "!"
                     cells.append(f"{fmt(r['abs_error'])} / {fmt(r['stderr'])} "
                                  f"({fmt(r['ess'], 0)}){star}")
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
@@ -251,17 +281,32 @@ def known_z_tables(records, dims, budgets):
 
 
 def target_line(records, budgets):
+    """The headline: on each out-of-family target at the largest d and budget, the method
+    with the smallest reported SE among those marked reliable (proposals of the target's own
+    family left out), its error in nats and in SE,
+    and which methods were marked unreliable there."""
     top = max(budgets)
-    rows = [r for r in records if r["target"] == "mixture" and r["d"] == 43
-            and r["budget"] == top]
-    if not rows:
-        return "Target (d = 43 mixture, 1e6 evaluations): not run."
-    best = min(rows, key=lambda r: r["stderr"])
-    ok = best["abs_error"] <= 0.05
-    return (f"Target (d = 43 mixture, {budget_label(top)} evaluations, ≤ 0.05 nats): best "
-            f"method by reported SE is {best['method']}: |log Ẑ − log Z| = "
-            f"{best['abs_error']:.4f}, SE = {best['stderr']:.4f} — "
-            f"{'met' if ok else 'NOT met'}.")
+    lines = []
+    for kind in OUT_OF_FAMILY:
+        rows = [r for r in records if r["target"] == kind and r["budget"] == top]
+        if not rows:
+            continue
+        d = max(r["d"] for r in rows)
+        rows = [r for r in rows if r["d"] == d and r["method"] not in SAME_FAMILY.get(kind, ())]
+        reliable = [r for r in rows if r["reliable"]]
+        flagged = ", ".join(r["method"] for r in rows if not r["reliable"]) or "none"
+        if not reliable:
+            lines.append(f"{kind}, d = {d}, {budget_label(top)} evaluations: no method "
+                         f"reliable (flagged: {flagged}).")
+            continue
+        best = min(reliable, key=lambda r: r["stderr"])
+        err = best["log_z"] - best["true_log_z"]
+        lines.append(f"{kind}, d = {d}, {budget_label(top)} evaluations: best reliable "
+                     f"method {best['method']}: log Ẑ − log Z = {err:+.4f} (SE "
+                     f"{best['stderr']:.4f}, {abs(err) / best['stderr']:.1f} SE, ESS "
+                     f"{best['ess']:,.0f}, k̂ {best['pareto_k']:.2f}); marked unreliable: "
+                     f"{flagged}.")
+    return "\n".join(lines) if lines else "Out-of-family targets: not run."
 
 
 def dde_tables(dde_results):
@@ -293,8 +338,9 @@ def plot(records, dims, path):
 
     from dde import _io
 
-    kinds = ("gaussian", "mixture")
-    fig, axes = plt.subplots(2, len(dims), figsize=(3.6 * len(dims), 6.4), squeeze=False,
+    kinds = TARGETS
+    fig, axes = plt.subplots(len(kinds), len(dims), figsize=(3.6 * len(dims), 3.2 * len(kinds)),
+                             squeeze=False,
                              sharex=True)
     colors = dict(zip(METHODS, ("C0", "C1", "C2", "C3", "C4")))
     for i, kind in enumerate(kinds):
@@ -316,7 +362,7 @@ def plot(records, dims, path):
             ax.set_title(f"{kind}, d = {d}")
             if j == 0:
                 ax.set_ylabel("|log Ẑ − log Z| (solid), SE (dashed)")
-            if i == 1:
+            if i == len(kinds) - 1:
                 ax.set_xlabel("density evaluations")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
@@ -380,15 +426,15 @@ def main(argv=None) -> int:
     # Part 1: known log Z.
     records = []
     for d in dims:
-        for kind in ("gaussian", "mixture"):
-            fn, true_log_z, x = make_target(kind, d, args.seed)
+        for kind in TARGETS:
+            fn, true_log_z, x, reference = make_target(kind, d, args.seed)
             proposals, info = build_proposals(x, args.seed)
             log(f"{kind} d={d}: gmm K={info['gmm_components']}, smoothed σ="
                 f"{info['smoothing_std']:.3f}")
             for b in budgets:
                 for method in METHODS:
                     seed = [args.seed, int(b) % (2**31 - 1)]
-                    rec = run_method(method, fn, proposals[method], b, seed)
+                    rec = run_method(method, fn, proposals[method], b, seed, reference)
                     if rec is None:
                         continue
                     rec.update(target=kind, d=d, method=method, budget=b,
@@ -399,7 +445,8 @@ def main(argv=None) -> int:
                     records.append(rec)
                     log(f"  {method:15s} budget {budget_label(b)}: err "
                         f"{rec['log_z'] - true_log_z:+.4f}, SE {rec['stderr']:.4f}, "
-                        f"ESS {rec['ess']:.1f}, {rec['seconds']:.1f}s")
+                        f"ESS {rec['ess']:.1f}, k̂ {rec['pareto_k']:.2f}"
+                        f"{'' if rec['reliable'] else ' UNRELIABLE'}, {rec['seconds']:.1f}s")
 
     # Part 2: a trained DDE, spread across seeds.
     dde_results = []

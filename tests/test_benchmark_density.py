@@ -40,7 +40,10 @@ def test_quick_run_writes_results_json(tmp_path, capsys):
     for name in ("DDE-IS", "DDE-AIS"):
         r = ds["methods"][name]
         assert math.isfinite(r["log_z"]) and r["log_z_stderr"] >= 0 and r["ess"] > 0
-        assert r["selected"]["noise_std"] == 0.3
+        assert r["selected"]["base"] in ("gmm", "flow")
+        assert {c["base"] for c in r["candidates"]} == {"gmm", "flow"}  # the RQ-NSF as base
+        assert math.isfinite(r["agreement"]["in_se"]) and "pareto_k" in r
+        assert r["unreliable"] == bool(r["unreliable_reasons"])
     assert ds["methods"]["KDE"]["selected"]["bandwidth"] > 0
     assert ds["methods"]["GMM"]["selected"]["n_components"] in (1, 2)
     # The flows: dde.flows models trained with validation early stopping, skips counted.
@@ -79,3 +82,22 @@ def test_unknown_method_is_rejected():
     with pytest.raises(SystemExit) as info:
         bench.main(["--dataset", "iris", "--methods", "KDE,Magic"])
     assert info.value.code == 2
+
+
+def test_unreliable_rows_are_marked_and_never_bolded():
+    """A DDE row marked unreliable keeps its value with the mark but is not bolded even
+    when its test ALL is the largest; the best comparable row is bolded instead."""
+    bench = _load_script()
+
+    def row(value, **extra):
+        return {"test_all": value, "stderr": 0.1, "test_median": value, "n_test": 10,
+                "val_all": value, "train_time_s": 1.0, "eval_time_s": 1.0, **extra}
+
+    report = {"datasets": {"toy": {"d": 2, "sizes": {"train": 5, "validation": 5, "test": 10},
+                                   "methods": {"GMM": row(-3.0),
+                                               "DDE-IS": row(-1.0, unreliable=True)}}}}
+    text = bench.markdown(report, ["GMM", "DDE-IS"])
+    assert "**-3.00 ± 0.20**" in text and f"-1.00 ± 0.20{bench.UNRELIABLE_MARK}" in text
+    assert "**-1.00" not in text
+    assert "best or within 2·SE of the best on 0 of 1" in bench.goal_summary(
+        report, ["GMM", "DDE-IS"])

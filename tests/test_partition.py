@@ -674,6 +674,17 @@ def test_equal_weights_have_no_tail():
     assert W.is_reliable(summary)
 
 
+def test_the_reported_se_covers_the_bidirectional_sandwich():
+    """With a reverse (upper-bound) estimate log Z⁺, the reported SE is at least half the
+    sandwich width (log Z⁺ − log Ẑ)/2, and equals the weights' own SE when the sandwich is
+    narrower (or inverted by noise)."""
+    summary = W.summarize_log_weights(np.random.default_rng(0).normal(size=5000) * 0.3)
+    own = W.reported_stderr(summary)
+    assert W.reported_stderr(summary, log_z_upper=summary.log_z + 1.0) == pytest.approx(0.5)
+    assert W.reported_stderr(summary, log_z_upper=summary.log_z - 1.0) == own
+    assert W.reported_stderr(summary, log_z_upper=summary.log_z + own) == own
+
+
 def test_pareto_k_and_the_coverage_test_flag_a_cauchy_target_under_a_gaussian_proposal():
     """A 10-D Cauchy energy (log Z = 0) sampled from N(0, I): the weights have an infinite
     variance and the estimate misses mass far out, while its ESS (~700 of 20,000) looks

@@ -87,14 +87,16 @@ def result_from_summary(summary, method, seed, min_ess, replicate_stderr=float("
     """A `LogPartitionResult` from a `WeightSummary` (reported SE, reliability flag) and,
     when reference draws of the target were given, their `CoverageCheck` (IS) or the
     reverse estimate (log Z upper bound, its SE) (AIS)."""
-    stderr = reported_stderr(summary, replicate_stderr)
+    own_stderr = reported_stderr(summary, replicate_stderr)  # from the weights alone
+    stderr = reported_stderr(summary, replicate_stderr,
+                             upper[0] if upper is not None else float("nan"))
     if upper is not None:
         fields.update(log_z_upper=upper[0], stderr_upper=upper[1])
     return LogPartitionResult(
         log_z=summary.log_z, stderr=stderr, ess=summary.ess, num_samples=summary.num_samples,
         method=method, num_nonfinite=summary.num_nan, seed=tuple(int(s) for s in seed),
         pareto_k=summary.pareto_k,
-        reliable=is_reliable(summary, min_ess, stderr=stderr, coverage=coverage,
+        reliable=is_reliable(summary, min_ess, stderr=own_stderr, coverage=coverage,
                              upper=upper),
         stderr_delta=summary.stderr_delta, log_z_psis=summary.log_z_psis,
         stderr_psis=summary.stderr_psis,

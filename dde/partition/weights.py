@@ -382,9 +382,14 @@ def group_stderr(log_weights, group_sizes) -> float:
     return float(math.sqrt(g / (g - 1) * np.sum(frac**2 * (means - z) ** 2)) / z)
 
 
-def reported_stderr(summary: WeightSummary, replicate_stderr: float = float("nan")) -> float:
+def reported_stderr(summary: WeightSummary, replicate_stderr: float = float("nan"),
+                    log_z_upper: float = float("nan")) -> float:
     """The standard error a result reports: the largest of the delta-method SE of the raw
-    weights, that of the Pareto-smoothed weights, and (when there are independent
-    replicates) the SE from their spread."""
-    candidates = [summary.stderr_delta, summary.stderr_psis, replicate_stderr]
+    weights, that of the Pareto-smoothed weights, (when there are independent replicates)
+    the SE from their spread, and (with a reverse estimate log Z⁺ from draws of the target,
+    AIS) half the width of the bidirectional sandwich, (log Z⁺ − log Ẑ)/2: in expectation
+    log Ẑ ≤ log Z ≤ log Z⁺, so a wide sandwich means an error the chains' own spread cannot
+    show (weights whose large values were not drawn)."""
+    candidates = [summary.stderr_delta, summary.stderr_psis, replicate_stderr,
+                  0.5 * (log_z_upper - summary.log_z)]
     return float(max(v for v in candidates if np.isfinite(v)))
