@@ -794,8 +794,6 @@ def main(argv=None) -> int:
     import sklearn
     import tensorflow as tf
 
-    from dde import _io
-
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be a positive integer")
@@ -817,21 +815,30 @@ def main(argv=None) -> int:
                               "platform": platform.platform(), "tensorflow": tf.__version__,
                               "keras": keras.__version__, "sklearn": sklearn.__version__,
                               "cpus": os.cpu_count(), "threads": args.threads}}
-    for name in names:
+    out = Path(args.out)
+    for i, name in enumerate(names):
         report["datasets"][name] = run_dataset(name, args.data_dir, methods, budget,
                                                args.seed)
+        report["complete"] = i == len(names) - 1
+        text, note = _write_report(report, methods, out)  # after every data set
+    print("\n" + text + ("\n\n" + note if note else ""))
+    log(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _write_report(report: dict, methods, out: Path):
+    """Write the JSON and the markdown (atomically); returns (table, note)."""
+    from dde import _io
+
     report["wall_time_s"] = time.perf_counter() - _START
     text = markdown(report, methods)
     note = closing_note(report, methods)
     report["markdown"] = text
     report["note"] = note
-    print("\n" + text + ("\n\n" + note if note else ""))
-    out = Path(args.out)
     _io.write_json(out, report)
     _io.write_text(out.with_suffix(".md"), f"Command: `{report['command']}`\n\n{text}\n"
                    + (f"\n{note}\n" if note else ""))
-    log(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
+    return text, note
 
 
 if __name__ == "__main__":
