@@ -18,7 +18,8 @@ the reported number):
   bandwidth from a geometric grid by validation log-likelihood, on at most 50,000 training
   rows (a random subset on larger sets);
 - GMM: `sklearn.mixture.GaussianMixture` (full covariances), the number of components from
-  1, 2, 4, … by validation log-likelihood;
+  1, 2, 4, … by validation log-likelihood, fitted on at most 100,000 training rows (a random
+  subset on larger sets, as for the DDE's mixture base);
 - MAF and RQ-NSF: `dde.flows` normalizing flows on a standard normal base, trained by
   maximum likelihood with Keras (Adam, gradient norm clipped, non-finite batches skipped and
   counted, the learning rate halved on validation plateaus) with early stopping on the
@@ -31,16 +32,23 @@ the reported number):
   get Gaussian-tail log-densities. Sizes, tail bound, tail layer, learning rate (1e-3) and
   batch size (256) were chosen on the validation splits of iris, wine, magic.gamma and
   annthyroid (`flows_dev.py`, benchmarks/README.md);
-- DDE: `dde.DenoisingDensityEstimator` on a softplus `energy_mlp` plus a fixed Gaussian
-  envelope −‖x‖²/18 (so that exp f is integrable). Per architecture one model is trained
-  along a decreasing σ path (0.4 → 0.05, warm-started, Adam, early stopping on the
-  validation denoising loss at each σ); after each σ it is normalized by AIS and scored on
-  the validation split, and the (architecture, σ) with the best validation average
-  log-likelihood is kept. That model is normalized again with more samples by importance
-  sampling (Gaussian or Student-t proposal, whichever gives the larger effective sample
-  size) — row "DDE (IS)" — and by annealed importance sampling (HMC from the Gaussian
-  proposal) — row "DDE (AIS)". The DDE models the σ-smoothed density p * N(0, σ²I), so its
-  likelihood is that of the smoothed model;
+- DDE: a base-density `dde.DenoisingDensityEstimator`, f = log q + g. Bases: a Gaussian
+  mixture (`dde.bases.fit_mixture_base`, components by validation log-likelihood), used as
+  is and smoothed at σ = 0.1 (covariances + σ²I), and the RQ-NSF peer's trained flow. The
+  residual g is `dde.nets.residual_energy_mlp` (3 × 128 swish, |g| < 3, last layer zero:
+  the untrained model is its base), trained by maximum likelihood under the base with the
+  ESS penalty 0.3·log(M/ESS) (Adam, learning rate 3e-3 with cosine decay over 15,000
+  steps, batch 256, 1,024 base samples per step); every 500 steps it is normalized by
+  importance sampling under its base (50,000 samples) and scored on the validation split
+  (`dde.ValidationLogLikelihood`), with early stopping (patience 8, at least 2,000 steps)
+  restoring the best weights; the base itself is a candidate. The candidate with the best
+  validation ALL is normalized twice, independently: importance sampling under its base
+  (10⁵ samples, the training data as reference samples of the coverage check) — row
+  "DDE (IS)" — and AIS from the base (HMC, 512 chains × 300 temperatures) — row "DDE
+  (AIS)". Their difference in combined SE is reported; a DDE row is marked † (unreliable,
+  never bolded) when its estimate is flagged (k̂, ESS, coverage), its ESS is below 100, or
+  the two differ by more than 3·SE. The recipe was chosen on the validation splits of the
+  development sets;
 - ScoreNet (PF): `dde.ScoreNetwork` on the VP-SDE with the likelihood weighting λ = β(t),
   early stopping on the validation loss, test log-likelihood by the probability-flow ODE
   (exact divergence for d ≤ 10, Hutchinson with one Rademacher probe above), evaluated on at
@@ -48,7 +56,7 @@ the reported number):
 
 Reported per method: test average log-likelihood (ALL, nats per example) ± 2·SE, where SE
 combines the test-set standard error with the standard error of log Ẑ (DDE); log Ẑ with its
-standard error and effective sample size; train time (fitting plus model selection) and
+standard error, effective sample size and Pareto k̂; the IS − AIS agreement; train time (fitting plus model selection) and
 eval time (normalization plus test evaluation), in seconds of wall time on this machine.
 Writes JSON (default `benchmarks/results/density.json`) and prints markdown tables; the
 markdown is also written next to the JSON (`.md`). `--quick` runs a tiny budget (smoke test).
@@ -86,6 +94,7 @@ class Budget:
     kde_max_train: int = 50_000
     gmm_components: list = field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
     gmm_max_iter: int = 200
+    gmm_max_train: int = 100_000    # larger training sets: a random subset (as the DDE's base)
     gmm_patience: int = 2           # counts without validation improvement before stopping
     maf_layers: int = 5
     maf_hidden: list = field(default_factory=lambda: [128, 128])
@@ -256,13 +265,17 @@ def run_gmm(splits, budget: Budget, seed: int, context=None) -> dict:
     fail to improve it, or a mixture would have more parameters than training values."""
 
     t0 = time.perf_counter()
-    n, d = splits.train.shape
+    train = splits.train
+    if len(train) > budget.gmm_max_train:
+        rng = np.random.default_rng(seed)
+        train = train[np.sort(rng.choice(len(train), budget.gmm_max_train, replace=False))]
+    n, d = train.shape
     params_per_component = d + d * (d + 1) / 2 + 1
     scores, models, bad = {}, {}, 0
     for k in budget.gmm_components:
         if k > 1 and k * params_per_component > n * d:
             break
-        gmm = _fit_gmm(k, splits.train, budget, seed)
+        gmm = _fit_gmm(k, train, budget, seed)
         scores[k] = float(np.mean(gmm.score_samples(splits.validation)))
         models[k] = gmm
         bad = 0 if scores[k] >= max(scores.values()) else bad + 1
@@ -273,7 +286,7 @@ def run_gmm(splits, budget: Budget, seed: int, context=None) -> dict:
     test_ll = models[best].score_samples(splits.test)
     return result(test_ll, val_all=scores[best], train_time=t1 - t0,
                   eval_time=time.perf_counter() - t1, selected={"n_components": best},
-                  reg_covar=models[best].reg_covar,
+                  reg_covar=models[best].reg_covar, n_train_used=int(n),
                   candidates={str(k): s for k, s in scores.items()})
 
 
@@ -416,7 +429,8 @@ def fit_dde_base(kind: str, splits, budget: Budget, seed: int, flow=None):
     if kind == "flow":
         return None if flow is None else bases.as_base(flow)
     base, scores = bases.fit_mixture_base(splits.train, splits.validation,
-                                          n_components=budget.gmm_components, seed=seed)
+                                          n_components=budget.gmm_components, seed=seed,
+                                          max_fit_points=budget.gmm_max_train)
     return base
 
 
@@ -721,6 +735,10 @@ def run_dataset(name: str, data_dir, methods, budget: Budget, seed: int) -> dict
 
     splits = load_splits(name, data_dir)
     log(f"{name}: d = {splits.dim}, sizes {splits.sizes()}")
+    raw_dim = len(splits.info.get("dequantized", [])) or splits.dim
+    if raw_dim > splits.dim:
+        log(f"{name}: {raw_dim - splits.dim} of {raw_dim} columns dropped (constant on the "
+            "training split)")
     entry = {"d": splits.dim, "sizes": splits.sizes(), "methods": {},
              "preprocessing": {k: splits.info[k] for k in ("source", "dequantized",
                                                            "kept_columns", "seed")

@@ -265,7 +265,8 @@ def pareto_smooth_tail(tail_log_weights, m: int):
 #: At most this many reference samples (draws of the target) check a proposal's coverage, so
 #: that the check means the same whatever the size of the training set.
 MAX_REFERENCE_SAMPLES = 2000
-#: The level of the coverage test: a proposal that covers the target fails it this often.
+#: The level α of the coverage test per side: a proposal that covers the target fails the
+#: two-sided test at most 2α of the time (the DKW bound is conservative: in practice less).
 COVERAGE_TEST_LEVEL = 0.01
 
 
@@ -284,8 +285,10 @@ class CoverageCheck(NamedTuple):
     samples). A proposal that never visits part of the target's mass — mass no statistic
     of its own weights can show — leaves reference draws with weights it never saw, at
     t = the largest proposal weight (`beyond_max` of them) or below. `critical` is the
-    Dvoretzky–Kiefer–Wolfowitz bound sqrt(−½ log α · (1/n + 1/ESS)) at level
-    `COVERAGE_TEST_LEVEL`: D above it means the proposal misses mass.
+    Dvoretzky–Kiefer–Wolfowitz bound sqrt(−½ log α · (1/n + 1/ESS)) at level α =
+    `COVERAGE_TEST_LEVEL` per side (at most 2α for the two-sided D): D above it means the
+    proposal misses mass. With a large budget the test is powerful, so it also flags a
+    proposal whose estimate is accurate but which under-weights a small part of the target.
 
     The test assumes exact draws of the target. A model's training data are only
     approximate draws of exp f (a model never fits its data exactly), so there `test` is
