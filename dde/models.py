@@ -32,6 +32,14 @@ the negative log-likelihood of the batch up to the O(1/M) bias of the in-batch l
 
 which keeps the model close enough to its base for importance sampling under q to stay
 efficient (0 for g constant, e.g. the untrained model).
+
+**Whitening** (`whiten=True`): the model works in whitened coordinates u = W(x − m), W = L⁻¹
+with LLᵀ the training data's covariance (fixed at the first `fit` or `set_data_statistics`):
+f(x) = f_u(W(x − m)) + log|det W|, an exact change of variables, so `log_density` and
+`log_prob` stay densities in data space. Denoising score matching adds its noise in u, i.e.
+noise N(0, σ²Σ) in data space (σ is in whitened units): directions of small spread are no
+longer smoothed by a σ far above their scale. A Gaussian-mixture base is moved to u with the
+data (means W(μ − m), covariances WΣ_kWᵀ) and smoothed there.
 """
 from __future__ import annotations
 
@@ -41,6 +49,7 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 import dde.partition as partition
 import dde.sampling as sampling
@@ -60,8 +69,9 @@ MAX_ABS_LOG_Z = 1e6
 class EnergyModel(DSMModel):
     """Base class of energy models `f(x)` trained by denoising score matching.
 
-    Subclasses implement `_energy(x, sigma, training)` → [batch] (sigma: [batch, 1] noise level
-    of each example), `_training_noise_std(batch_size, seed)` → [batch, 1] and
+    Subclasses implement `_energy_u(u, sigma, training)` → [batch] (the energy in the
+    model's coordinates, u = x without whitening; sigma: [batch, 1] noise level of each
+    example), `_training_noise_std(batch_size, seed)` → [batch, 1] and
     `resolve_noise_std(noise_std)` (the one σ rule of the model).
 
     NumPy-level methods (`log_density`, `score`, `denoise`, `log_prob`) validate their input,
@@ -75,7 +85,8 @@ class EnergyModel(DSMModel):
 
     def __init__(self, network, seed: int | None = None, base=None, smooth_base: bool = True,
                  objective: str = "dsm", dsm_weight: float = 0.0,
-                 num_base_samples: int | None = None, ess_penalty: float = 0.0, **kwargs):
+                 num_base_samples: int | None = None, ess_penalty: float = 0.0,
+                 whiten: bool = False, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(network, keras.layers.Layer):
             raise TypeError(f"network must be a Keras layer or model, got {type(network)!r}.")
@@ -102,6 +113,14 @@ class EnergyModel(DSMModel):
         if self.ess_penalty > 0 and self.base is None:
             raise ValueError("ess_penalty penalizes the importance weights under a base "
                              "density: pass base= (see dde.bases).")
+        if not isinstance(whiten, bool):
+            raise TypeError(f"whiten must be a bool, got {whiten!r}.")
+        if whiten and self.base is not None and not isinstance(self.base,
+                                                               bases.GaussianMixtureBase):
+            raise ValueError(f"whiten=True moves the base to whitened coordinates, which only "
+                             f"a GaussianMixtureBase supports, not a {type(self.base).__name__}"
+                             " (a dde.flows flow has its own whiten= option).")
+        self.whiten = whiten
         self._init_training(seed)
         # The normalization set by `normalize`, NaN until then, saved with the model: log Ẑ,
         # its standard error and effective sample size, the noise level σ of the density it
@@ -147,6 +166,17 @@ class EnergyModel(DSMModel):
         self.data_cov = self.add_weight(shape=(self.input_dim, self.input_dim),
                                         trainable=False, name="data_cov", dtype="float64",
                                         initializer=keras.initializers.Constant(float("nan")))
+        if self.whiten:  # u = W(x − m) and log|det W| (set with the data statistics)
+            nan = keras.initializers.Constant(float("nan"))
+            self.whiten_shift = self.add_weight(shape=(self.input_dim,), trainable=False,
+                                                name="whiten_shift", dtype="float64",
+                                                initializer=nan)
+            self.whiten_matrix = self.add_weight(shape=(self.input_dim, self.input_dim),
+                                                 trainable=False, name="whiten_matrix",
+                                                 dtype="float64", initializer=nan)
+            self.whiten_log_det = self.add_weight(shape=(), trainable=False,
+                                                  name="whiten_log_det", dtype="float64",
+                                                  initializer=nan)
         self.built = True
 
     def _build_network(self, input_shape):
@@ -169,7 +199,14 @@ class EnergyModel(DSMModel):
         the training data (a float64 `tfd.Distribution`), or None without training
         statistics. The default proposal of normalization and the start of sampling chains."""
         if self.base is not None:
-            return self.base.as_distribution(self._base_noise_std(noise_std))
+            q = self.base.as_distribution(self._base_noise_std(noise_std))
+            if not self.whiten:
+                return q
+            self._require_whitening()
+            scale = np.linalg.inv(self.whiten_matrix.numpy())  # L (lower triangular)
+            bij = tfp.bijectors.Chain([tfp.bijectors.Shift(self.whiten_shift.numpy()),
+                                       tfp.bijectors.ScaleMatvecTriL(np.tril(scale))])
+            return tfp.distributions.TransformedDistribution(q, bij, name="WhitenedBase")
         if not self.has_data_stats:
             return None
         return partition.gaussian_from_moments(self.data_mean.numpy(), self.data_cov.numpy(),
@@ -187,7 +224,35 @@ class EnergyModel(DSMModel):
                        x.dtype)
 
     # ------------------------------------------------------------------------- tensor level
+    @property
+    def is_whitened(self) -> bool:
+        """Whether the whitening u = W(x − m) is set (always False without whiten=True)."""
+        return self.whiten and self.built and bool(
+            np.isfinite(self.whiten_log_det.numpy()))
+
+    def _require_whitening(self):
+        if self.whiten and not self.is_whitened:
+            raise ValueError(f"This {type(self).__name__} has whiten=True: its whitening is "
+                             "set from the training data by fit (or set_data_statistics); "
+                             "call one of them first.")
+
+    def to_whitened(self, x):
+        """u = W(x − m) [batch, d] in x's dtype (x itself without whitening; tensor level)."""
+        if not self.whiten:
+            return x
+        shift = tf.cast(self.whiten_shift, x.dtype)
+        return tf.linalg.matvec(tf.cast(self.whiten_matrix, x.dtype), x - shift)
+
     def _energy(self, x, sigma, training=False):
+        """f(x) at noise levels sigma [batch, 1]: `_energy_u` of the whitened x plus
+        log|det W| (the energy itself without whitening)."""
+        f = self._energy_u(self.to_whitened(x), sigma, training=training)
+        if self.whiten:
+            f = f + tf.cast(self.whiten_log_det, f.dtype)
+        return f
+
+    def _energy_u(self, u, sigma, training=False):
+        """The energy in the model's own (whitened) coordinates, [batch]."""
         raise NotImplementedError
 
     def _training_noise_std(self, batch_size, seed):
@@ -243,16 +308,18 @@ class EnergyModel(DSMModel):
         """Denoising score-matching loss of a batch x [batch, d] with noise from `seed` ([2]).
 
         Per example `‖σ∇ₓf(x̃) + n/σ‖²` (= ‖x̃ + σ²∇ₓf(x̃) − x‖²/σ²); weighted mean over the
-        batch. Differentiable w.r.t. the weights (the inner gradient is recorded).
+        batch (with whitening, in whitened coordinates u and with f_u). Differentiable w.r.t.
+        the weights (the inner gradient is recorded).
         """
         seeds = tf.random.experimental.stateless_split(seed, 2)
-        sigma = tf.cast(self._training_noise_std(tf.shape(x)[0], seeds[0]), x.dtype)
-        noise = sigma * tf.random.stateless_normal(tf.shape(x), seeds[1], dtype=x.dtype)
-        x_noisy = x + noise
+        u = self.to_whitened(x)  # (with whitening, the noise is added in whitened space)
+        sigma = tf.cast(self._training_noise_std(tf.shape(u)[0], seeds[0]), u.dtype)
+        noise = sigma * tf.random.stateless_normal(tf.shape(u), seeds[1], dtype=u.dtype)
+        u_noisy = u + noise
         with tf.GradientTape() as tape:
-            tape.watch(x_noisy)
-            f = self._energy(x_noisy, sigma, training=training)
-        grad = tape.gradient(f, x_noisy)
+            tape.watch(u_noisy)
+            f = self._energy_u(u_noisy, sigma, training=training)
+        grad = tape.gradient(f, u_noisy)
         per_example = tf.reduce_sum(tf.square(sigma * grad + noise / sigma), axis=-1)
         return weighted_mean(per_example, sample_weight)
 
@@ -262,8 +329,8 @@ class EnergyModel(DSMModel):
 
     def base_batch_residuals(self, m, seed, dtype=tf.float32, training=False):
         """g(y_j) [m] at m draws y_j ~ q_σ (the base, smoothed at the model's σ when
-        `smooth_base`) from `seed` (tensor level): log-weights of importance sampling under
-        the base."""
+        `smooth_base`; in whitened coordinates with whitening) from `seed` (tensor level):
+        log-weights of importance sampling under the base."""
         sigma = tf.cast(self.resolve_noise_std_tensor(), dtype)
         y = tf.cast(self.base.sample(m, seed, sigma if self.smooth_base else None), dtype)
         return self._residual(y, tf.fill([tf.shape(y)[0], 1], sigma), training=training)
@@ -277,7 +344,7 @@ class EnergyModel(DSMModel):
             g_y = self.base_batch_residuals(self.num_base_samples or tf.shape(x)[0], seed,
                                             x.dtype, training)
         sigma = tf.fill([tf.shape(x)[0], 1], tf.cast(self.resolve_noise_std_tensor(), x.dtype))
-        g_x = self._residual(x, sigma, training=training)
+        g_x = self._residual(self.to_whitened(x), sigma, training=training)
         m = tf.cast(tf.shape(g_y)[0], g_y.dtype)
         log_z = tf.reduce_logsumexp(g_y) - tf.math.log(m)
         return -weighted_mean(g_x, sample_weight) + log_z
@@ -320,10 +387,6 @@ class EnergyModel(DSMModel):
         return self(tf.cast(x, self.compute_dtype), training=False)
 
     # ---------------------------------------------------------------------------- fitting
-    def _on_fit_data(self, x):
-        """`fit` stores the training data's mean and covariance (`data_mean`, `data_cov`)."""
-        self.set_data_statistics(x)
-
     def set_data_statistics(self, x):
         """Store the mean and covariance of x ([n, d] array, or a finite batched
         `tf.data.Dataset`) as `data_mean` / `data_cov` (what `fit` does with its data)."""
@@ -337,12 +400,37 @@ class EnergyModel(DSMModel):
         mean, cov = stats
         self.data_mean.assign(mean)
         self.data_cov.assign(cov)
+        if self.whiten and not self.is_whitened:
+            self._set_whitening(mean, cov)
+
+    def _set_whitening(self, mean, cov):
+        """W = L⁻¹ (LLᵀ = cov + 10⁻⁶·mean variance·I) and m = mean; a mixture base moves to
+        whitened coordinates with them."""
+        d = len(mean)
+        jitter = 1e-6 * max(float(np.trace(cov)) / d, 1e-12)
+        chol = np.linalg.cholesky(cov + jitter * np.eye(d))
+        w = np.linalg.inv(chol)
+        self.whiten_shift.assign(mean)
+        self.whiten_matrix.assign(np.tril(w))
+        self.whiten_log_det.assign(-float(np.sum(np.log(np.diag(chol)))))
+        if self.base is not None:
+            covs = self.base.covariances()
+            self.base.set_parameters(np.exp(self.base.log_weights.numpy()),
+                                     (self.base.means.numpy() - mean) @ w.T,
+                                     np.einsum("ij,kjl,ml->kim", w, covs, w))
+
+    def _on_fit_data(self, x):
+        """`fit` stores the training data's mean and covariance (`data_mean`, `data_cov`)
+        and, with whiten=True, sets the whitening from them."""
+        self.set_data_statistics(x)
+        self._require_whitening()
 
     # -------------------------------------------------------------------------- NumPy level
     def _check_query(self, x, name="x"):
         arr = check_data(x, name=name, n_features=self.input_dim if self.built else None,
                          owner=type(self).__name__, dtype=self.compute_dtype)
         self._build_for(arr.shape[1], name)
+        self._require_whitening()
         return arr
 
     def _compiled_fn(self, key, fn):
@@ -376,9 +464,15 @@ class EnergyModel(DSMModel):
                                  batch_size)
 
     def denoise(self, x, noise_std=None, batch_size: int = _INFERENCE_BATCH) -> np.ndarray:
-        """Tweedie denoiser D(x) = x + σ²∇ₓf(x): [n, d] → [n, d] (NumPy, validated, batched)."""
+        """Tweedie denoiser D(x) = x + σ²∇ₓf(x): [n, d] → [n, d] (NumPy, validated, batched);
+        with whitening the noise covariance is σ²Σ (Σ = LLᵀ), so D(x) = x + σ²Σ∇ₓf(x)."""
         def fn(m, x, s):
-            return x + tf.square(s) * m.score_tensor(x, s)
+            step = tf.square(s) * m.score_tensor(x, s)
+            if m.whiten:  # Σ g = L Lᵀ g = W⁻¹ W⁻ᵀ g
+                w = tf.cast(m.whiten_matrix, x.dtype)
+                step = tf.transpose(tf.linalg.triangular_solve(
+                    w, tf.linalg.triangular_solve(w, tf.transpose(step), adjoint=True)))
+            return x + step
         return self._run_batched("denoise", fn, x, noise_std, batch_size)
 
     # ----------------------------------------------------------------------- normalization
@@ -494,7 +588,7 @@ class EnergyModel(DSMModel):
             config["base"] = keras.saving.serialize_keras_object(self.base)
         config.update(smooth_base=self.smooth_base, objective=self.objective,
                       dsm_weight=self.dsm_weight, num_base_samples=self.num_base_samples,
-                      ess_penalty=self.ess_penalty)
+                      ess_penalty=self.ess_penalty, whiten=self.whiten)
         return config
 
     @classmethod
@@ -560,11 +654,13 @@ class DenoisingDensityEstimator(EnergyModel):
                                          initializer=keras.initializers.Constant(noise_std))
 
     def call(self, x, training=False):
-        """f(x) [batch]: the network's output (plus log q_σ(x) with a base)."""
-        g = self._residual(x, None, training=training)
-        if self.base is None:
-            return g
-        return g + self._base_log_prob(x, self._default_sigma(x))
+        """f(x) [batch]: the network's output (plus log q_σ(x) with a base; with whitening,
+        of u = W(x − m), plus log|det W|)."""
+        return self._energy(x, self._default_sigma(x), training=training)
+
+    def _energy_u(self, u, sigma, training=False):
+        g = self._residual(u, sigma, training=training)
+        return g if self.base is None else g + self._base_log_prob(u, sigma)
 
     def _residual(self, x, sigma, training=False):
         f = self.network(x, training=training)
@@ -577,9 +673,6 @@ class DenoisingDensityEstimator(EnergyModel):
 
     def resolve_noise_std_tensor(self):
         return self.noise_std.value
-
-    def _energy(self, x, sigma, training=False):
-        return self(x, training=training)
 
     def _training_noise_std(self, batch_size, seed):
         return tf.fill([batch_size, 1], tf.cast(self.noise_std, self.compute_dtype))
@@ -657,6 +750,9 @@ class NoiseConditionalDDE(EnergyModel):
         super().set_data_statistics(x)
         if isinstance(x, tf.data.Dataset):
             x = np.concatenate([np.asarray(first_component(b)) for b in x.take(8)])
+        if self.is_whitened:  # σ lives in whitened coordinates
+            x = (np.asarray(x, np.float64) - self.whiten_shift.numpy()) @ \
+                self.whiten_matrix.numpy().T
         spread = data_diameter(x, seed=self.seed)
         if self.sigma_max is None:
             self._set_sigma_max(max(spread, self.sigma_min * 10.0))
@@ -682,10 +778,10 @@ class NoiseConditionalDDE(EnergyModel):
             f = f[:, 0]
         return f
 
-    def _energy(self, x, sigma, training=False):
-        """f(x, σ) = g([x, log σ]) (+ log q_σ(x) with a base) for sigma [batch, 1]."""
-        g = self._residual(x, sigma, training=training)
-        return g if self.base is None else g + self._base_log_prob(x, sigma)
+    def _energy_u(self, u, sigma, training=False):
+        """f(u, σ) = g([u, log σ]) (+ log q_σ(u) with a base) for sigma [batch, 1]."""
+        g = self._residual(u, sigma, training=training)
+        return g if self.base is None else g + self._base_log_prob(u, sigma)
 
     def _training_noise_std(self, batch_size, seed):
         u = tf.random.stateless_uniform([batch_size, 1], seed, dtype=self.compute_dtype)
