@@ -321,3 +321,38 @@ def test_exact_energy_bridge_on_8gaussians_with_the_defaults():
     truth = toy.log_density("8gaussians", x, noise_std=sigma)
     assert np.max(np.abs(result.log_prob - truth)) < 1e-3
     assert bridge.prior_normalization().reliable
+
+
+def test_importance_sampling_and_probability_flow_agree_on_a_trained_2d_model():
+    """One small 2-D base-density NoiseConditionalDDE (Gaussian base fitted to correlated
+    Gaussian data, 2×32 residual, 300 DSM steps) normalized two independent ways: f(·, σ) −
+    log Ẑ with log Ẑ by importance sampling under its base at σ = σ̃(T_ε), and the
+    probability-flow ODE of its own score through DDEScore. Over 100 test points the mean
+    log-likelihoods agree within 3 combined standard errors (log Ẑ's SE and the SE of the
+    mean per-point difference; a chance failure ≈ 0.3 % if the errors were Gaussian; the
+    model is near-conservative in σ after brief training, so the two must agree; measured:
+    a difference of 0.0061 nats against a combined SE of 0.0056)."""
+    from dde import bases, nets
+    from dde.score import DDEScore
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 2)) @ np.array([[1.0, 0.0], [0.8, 0.5]])
+    base = bases.fit_gaussian_base(x[:2000])
+    keras.utils.set_random_seed(0)
+    model = NoiseConditionalDDE(nets.conditional_residual_energy_mlp(2, 2, 32), sigma_min=0.05,
+                                base=base, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(x[:2000].astype(np.float32), epochs=10, batch_size=64, verbose=0)
+    bridge = DDEScore(model)
+    test = x[2000:2100]
+    pf = probability_flow_log_prob(bridge, None, test)
+    sigma = float(bridge.noise_std(tf.constant(bridge.eps, tf.float64)))
+    z = model.normalize(num_samples=50_000, noise_std=sigma, seed=1)
+    is_ll = model.log_density(test, noise_std=sigma).astype(np.float64) - z.log_z
+    diff = is_ll - pf.log_prob
+    combined = math.hypot(z.stderr, diff.std(ddof=1) / math.sqrt(len(diff)))
+    assert z.reliable
+    assert abs(diff.mean()) <= 3 * combined + 1e-4, (diff.mean(), combined)
+    residual = model.log_density(test, noise_std=sigma) - base.log_prob(
+        tf.constant(test, tf.float32), sigma).numpy()
+    assert np.max(np.abs(residual)) > 1e-3  # the network was trained, not the bare base
