@@ -115,10 +115,17 @@ def main(argv=None):
                         help="runs at the large budget (one fit)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" /
                                              "calibration.json"))
+    parser.add_argument("--summarize", metavar="JSON", default=None,
+                        help="print the tables of an existing results file and exit")
     parser.add_argument("--resume", action="store_true",
                         help="keep the configurations already in --out (the JSON is rewritten "
                              "after every configuration) and run only the missing ones")
     args = parser.parse_args(argv)
+    if args.summarize:
+        report = json.loads(Path(args.summarize).read_text())
+        report["overall"] = overall(report["configurations"])
+        print(summary_table(report) + "\n" + markdown(report))
+        return 0
     dims = [int(v) for v in args.dims.split(",")]
     families = args.families.split(",")
     proposals = args.proposals.split(",")
@@ -164,7 +171,7 @@ def main(argv=None):
         (r["family"], r["d"], r["proposal"], r["budget"]), len(order)))
     report["overall"] = overall(report["configurations"])
     report["complete"] = True
-    table = markdown(report)
+    table = summary_table(report) + "\n" + markdown(report)
     print(table)
     _write_atomically(out, json.dumps(report, indent=1, default=float))
     _write_atomically(out.with_suffix(".md"), table)
@@ -184,6 +191,28 @@ def overall(rows) -> dict:
         if runs:
             out[label] = summarize(runs)
     return out
+
+
+def summary_table(report) -> str:
+    """Per target family and proposal, over every d: runs marked reliable, coverage of ±2·SE
+    among them and runs beyond 4·SE not flagged (small budget; the large budget pooled)."""
+    rows = report["configurations"]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    proposals = list(dict.fromkeys(r["proposal"] for r in rows))
+    lines = ["| target | " + " | ".join(proposals) + " | large budget (all proposals) |",
+             "|---|" + "---|" * (len(proposals) + 1)]
+    for family in families:
+        cells = []
+        for prop in proposals + [None]:
+            runs = [x for r in rows if r["family"] == family
+                    and (r["proposal"] == prop if prop else r["budget"] == "large")
+                    and (r["budget"] == "small" or prop is None) for x in r["runs_detail"]]
+            s = summarize(runs)
+            cov = "—" if not s["reliable"] else f"{s['coverage']:.2f}"
+            cells.append(f"{cov} ({s['reliable']}/{s['runs']}; {s['beyond_4se_not_flagged']})")
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    return ("Cells: coverage of log Z ± 2·SE among runs marked reliable (reliable / runs; runs "
+            "more than 4 SE off and not flagged).\n\n" + "\n".join(lines) + "\n")
 
 
 def markdown(report) -> str:
