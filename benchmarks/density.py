@@ -34,7 +34,8 @@ the reported number):
   annthyroid (`flows_dev.py`, benchmarks/README.md);
 - DDE: a base-density `dde.DenoisingDensityEstimator`, f = log q + g. Bases: a Gaussian
   mixture (`dde.bases.fit_mixture_base`, components by validation log-likelihood), used as
-  is and smoothed at σ = 0.1 (covariances + σ²I), and the RQ-NSF peer's trained flow. The
+  is and smoothed at σ = 0.1 (covariances + σ²I), and (d ≤ 16: each training step draws from
+  the base, and an autoregressive flow draws in d passes) the RQ-NSF peer's trained flow. The
   residual g is `dde.nets.residual_energy_mlp` (3 × 128 swish, |g| < 3, last layer zero:
   the untrained model is its base), trained by maximum likelihood under the base with the
   ESS penalty 0.3·log(M/ESS) (Adam, learning rate 3e-3 with cosine decay over 15,000
@@ -119,6 +120,9 @@ class Budget:
     # network trained by maximum likelihood under q with the χ² (ESS) penalty.
     dde_bases: list = field(default_factory=lambda: ["gmm", "flow"])
     dde_base_smoothings: list = field(default_factory=lambda: [0.0, 0.1])  # mixture base only
+    # The flow base only up to this d: each training step draws base samples, and drawing
+    # from an autoregressive flow takes d passes through every layer.
+    dde_flow_base_max_dim: int = 16
     dde_depth: int = 3
     dde_width: int = 128
     dde_bound: float = 3.0          # |g| < 3 (UpperBound "tanh")
@@ -495,13 +499,15 @@ def train_dde(splits, base, smoothing: float, budget: Budget, seed: int, label: 
 def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
     """Base-density DDEs (`train_dde`) on each base of `dde_bases` (a Gaussian mixture,
     unsmoothed and smoothed at each of `dde_base_smoothings`; the RQ-NSF peer's flow when it
-    ran), the candidate with the best validation ALL kept; its test results under two
+    ran and d ≤ `dde_flow_base_max_dim`), the candidate with the best validation ALL kept; its test results under two
     independent normalizations: importance sampling under its base with `final_is_samples`
     ("DDE (IS)", the training data as reference samples of the coverage check) and AIS from
     the base (HMC, `final_ais_chains` × `final_ais_steps`, "DDE (AIS)"). Their difference in
     combined standard errors is the agreement column; a row is unreliable when its own
     estimate is (k̂, ESS, coverage), when ESS < 100, or when the two differ by > 3·SE."""
     flow = (context or {}).get("RQ-NSF")
+    if splits.dim > budget.dde_flow_base_max_dim:
+        flow = None
     t0 = time.perf_counter()
     candidates, best = [], None
     for kind in budget.dde_bases:
