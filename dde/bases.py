@@ -215,7 +215,9 @@ class _FlowDistribution(tfd.Distribution):
 class FlowBase(keras.layers.Layer):
     """A fitted normalizing flow (`dde.flows.NormalizingFlow`) as a base density: exact
     log-density and sampling, saved with the model, not smoothable (a base-density model
-    with a flow base needs `smooth_base=False`, e.g. the likelihood objective)."""
+    with a flow base needs `smooth_base=False`, e.g. the likelihood objective). The flow is
+    frozen (`trainable = False`), as every base is: training the model trains g only, and
+    no gradient flows through the flow's samples."""
 
     smoothable = False
 
@@ -227,6 +229,7 @@ class FlowBase(keras.layers.Layer):
         if not isinstance(flow, NormalizingFlow):
             raise TypeError(f"flow must be a dde.flows.NormalizingFlow, got "
                             f"{type(flow).__name__}.")
+        flow.trainable = False
         self.flow = flow
         self.input_dim = flow.input_dim
         self.built = True
@@ -244,7 +247,8 @@ class FlowBase(keras.layers.Layer):
 
     def sample(self, n, seed, noise_std=None):
         _check_unsmoothed(noise_std, "FlowBase")
-        return tf.cast(self.flow.sample_tensor(n, tf.cast(seed, tf.int64)), tf.float64)
+        return tf.stop_gradient(
+            tf.cast(self.flow.sample_tensor(n, tf.cast(seed, tf.int64)), tf.float64))
 
     def get_config(self):
         return {**super().get_config(), "flow": keras.saving.serialize_keras_object(self.flow)}

@@ -96,8 +96,9 @@ def test_bad_parameters_are_clear_errors():
 
 def test_flow_base_in_a_base_density_model_round_trips(tmp_path):
     """A (randomly initialized) flow as the base of a likelihood-objective DDE: the untrained
-    model equals the flow's log-density, normalization under it gives log Z = 0 exactly (the
-    weights are e^0 = 1), a smoothed flow base is refused, and `.keras` keeps every output."""
+    model equals the flow's log-density, the flow is frozen (only g trains), normalization
+    under it gives log Z = 0 exactly (the weights are e^0 = 1), a smoothed flow base is
+    refused, and `.keras` keeps every output."""
     import keras
 
     import dde
@@ -111,6 +112,8 @@ def test_flow_base_in_a_base_density_model_round_trips(tmp_path):
                                           smooth_base=False, objective="likelihood", seed=0)
     x = np.random.default_rng(2).normal(size=(50, 2)).astype("float32")
     np.testing.assert_allclose(model.log_density(x), flow.log_prob(x), rtol=1e-5, atol=1e-5)
+    model.ensure_built(2)
+    assert not any(w is v for w in model.trainable_weights for v in flow.weights)  # frozen
     r = model.normalize(num_samples=2000)
     assert abs(r.log_z) < 1e-9 and r.reliable
     model.save(tmp_path / "m.keras")
