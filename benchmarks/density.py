@@ -34,8 +34,9 @@ the reported number):
   annthyroid (`flows_dev.py`, benchmarks/README.md);
 - DDE: a base-density `dde.DenoisingDensityEstimator`, f = log q + g. Bases: a Gaussian
   mixture (`dde.bases.fit_mixture_base`, components by validation log-likelihood), used as
-  is and smoothed at σ = 0.1 (covariances + σ²I), and (d ≤ 16: each training step draws from
-  the base, and an autoregressive flow draws in d passes) the RQ-NSF peer's trained flow. The
+  is and smoothed at σ = 0.1 (covariances + σ²I) (the RQ-NSF peer's trained flow is a
+  further base, `dde_bases`, off by default: each training step draws from the base, and an
+  autoregressive flow draws in d passes, ≈ 9× a mixture's cost at d = 4). The
   residual g is `dde.nets.residual_energy_mlp` (3 × 128 swish, |g| < 3, last layer zero:
   the untrained model is its base), trained by maximum likelihood under the base with the
   ESS penalty 0.3·log(M/ESS) (Adam, learning rate 3e-3 with cosine decay over 15,000
@@ -118,7 +119,9 @@ class Budget:
     learning_rate: float = 1e-3
     # The DDE: f = log q + g, q a base density fitted first (dde.bases), g a bounded residual
     # network trained by maximum likelihood under q with the χ² (ESS) penalty.
-    dde_bases: list = field(default_factory=lambda: ["gmm", "flow"])
+    # ("flow": the RQ-NSF peer's flow as the base — off by default: drawing its samples at
+    # every step costs ≈ 9× a mixture's at d = 4 on this machine, and more with d)
+    dde_bases: list = field(default_factory=lambda: ["gmm"])
     dde_base_smoothings: list = field(default_factory=lambda: [0.0, 0.1])  # mixture base only
     # The flow base only up to this d: each training step draws base samples, and drawing
     # from an autoregressive flow takes d passes through every layer.
