@@ -685,6 +685,33 @@ def test_the_reported_se_covers_the_bidirectional_sandwich():
     assert W.reported_stderr(summary, log_z_upper=summary.log_z + own) == own
 
 
+def test_exact_reference_draws_beyond_every_weight_widen_the_se_by_the_missing_mass():
+    """A Student-t (5 df) target under a Gaussian proposal: the weights look healthy, but
+    exact draws of the target beyond the largest proposal weight measure the mass the sample
+    never reached, m ≈ b/n, and the reported SE is at least −log(1 − m) (the downward error
+    that mass causes). Without reference draws the SE is the weights' own; a proposal equal to
+    the target leaves at most ≈ n/M draws beyond (no widening to speak of). Deterministic
+    given the seeds."""
+    d = 10
+    target = tfd.MultivariateStudentTLinearOperator(
+        5.0, tf.zeros(d, tf.float64), tf.linalg.LinearOperatorIdentity(d, dtype=tf.float64))
+    q = tfd.MultivariateNormalDiag(tf.zeros(d, tf.float64),
+                                   tf.fill([d], tf.constant(math.sqrt(5 / 3), tf.float64)))
+    ref = target.sample(2000, seed=tf.constant([7, 8])).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = P.estimate_log_partition(target.log_prob, q, 20_000, seed=1)
+        checked = P.estimate_log_partition(target.log_prob, q, 20_000, seed=1,
+                                           reference_samples=ref)
+    m = checked.reference_beyond_max / 2000 - 1 / 20_001
+    assert checked.reference_beyond_max > 10
+    assert checked.stderr >= -math.log1p(-m) - 1e-12 and checked.stderr > plain.stderr
+    assert plain.stderr == max(plain.stderr_delta, plain.stderr_psis)  # the weights' own
+    same = P.estimate_log_partition(target.log_prob, target, 20_000, seed=2,
+                                    reference_samples=ref)
+    assert same.reference_beyond_max <= 3 and same.stderr < 1e-6
+
+
 def test_pareto_k_and_the_coverage_test_flag_a_cauchy_target_under_a_gaussian_proposal():
     """A 10-D Cauchy energy (log Z = 0) sampled from N(0, I): the weights have an infinite
     variance and the estimate misses mass far out, while its ESS (~700 of 20,000) looks

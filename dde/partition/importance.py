@@ -14,8 +14,9 @@ import tensorflow as tf
 
 from dde._cache import compiled_function, weak
 from dde.partition.results import LogPartitionResult
-from dde.partition.weights import (coverage_check, finalize, is_reliable, pareto_tail_size,
-                                   reported_stderr, stats_init, stats_update)
+from dde.partition.weights import (coverage_check, finalize, is_reliable,
+                                   missing_mass_error, pareto_tail_size, reported_stderr,
+                                   stats_init, stats_update)
 from dde.progress import progress_bar
 
 
@@ -89,7 +90,8 @@ def result_from_summary(summary, method, seed, min_ess, replicate_stderr=float("
     reverse estimate (log Z upper bound, its SE) (AIS)."""
     own_stderr = reported_stderr(summary, replicate_stderr)  # from the weights alone
     stderr = reported_stderr(summary, replicate_stderr,
-                             upper[0] if upper is not None else float("nan"))
+                             upper[0] if upper is not None else float("nan"),
+                             missing_mass_error(coverage, summary.num_samples))
     if upper is not None:
         fields.update(log_z_upper=upper[0], stderr_upper=upper[1])
     return LogPartitionResult(

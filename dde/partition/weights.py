@@ -385,14 +385,27 @@ def group_stderr(log_weights, group_sizes) -> float:
     return float(math.sqrt(g / (g - 1) * np.sum(frac**2 * (means - z) ** 2)) / z)
 
 
+def missing_mass_error(coverage: "CoverageCheck | None", num_samples: int) -> float:
+    """With exact draws of the target (the "ks" coverage test): the share b/n of them whose
+    weight exceeds every proposal weight, less the 1/(M + 1) expected when the proposal is
+    the target itself, estimates the target mass m the M samples never reached, and
+    −log(1 − m) the error this causes in log Ẑ (downward). NaN without such draws."""
+    if coverage is None or coverage.test != "ks" or not coverage.num_reference:
+        return float("nan")
+    m = max(coverage.beyond_max / coverage.num_reference - 1.0 / (num_samples + 1), 0.0)
+    return -math.log1p(-min(m, 1.0 - 1e-12))
+
+
 def reported_stderr(summary: WeightSummary, replicate_stderr: float = float("nan"),
-                    log_z_upper: float = float("nan")) -> float:
+                    log_z_upper: float = float("nan"),
+                    missing_mass: float = float("nan")) -> float:
     """The standard error a result reports: the largest of the delta-method SE of the raw
     weights, that of the Pareto-smoothed weights, (when there are independent replicates)
     the SE from their spread, and (with a reverse estimate log Z⁺ from draws of the target,
     AIS) half the width of the bidirectional sandwich, (log Z⁺ − log Ẑ)/2: in expectation
     log Ẑ ≤ log Z ≤ log Z⁺, so a wide sandwich means an error the chains' own spread cannot
-    show (weights whose large values were not drawn)."""
+    show (weights whose large values were not drawn), and (with exact draws of the target,
+    IS) the error of the mass the sample never reached (`missing_mass_error`)."""
     candidates = [summary.stderr_delta, summary.stderr_psis, replicate_stderr,
-                  0.5 * (log_z_upper - summary.log_z)]
+                  0.5 * (log_z_upper - summary.log_z), missing_mass]
     return float(max(v for v in candidates if np.isfinite(v)))
