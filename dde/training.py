@@ -107,6 +107,29 @@ def mean_and_covariance(x) -> tuple[np.ndarray, np.ndarray]:
     return x64.mean(0), cov
 
 
+class NonFiniteTrainingError(ValueError):
+    """Training produced a non-finite loss or non-finite weights."""
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """End `fit` with a `NonFiniteTrainingError` naming the step when an epoch's loss or the
+    model's weights are not finite (checked at every epoch end: no per-step host sync).
+    `BuiltinLossModel.fit` adds it; the model is left as it is, and nothing is saved."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        bad_loss = loss is not None and not np.isfinite(np.asarray(loss, np.float64)).all()
+        bad = [v.path for v in self.model.trainable_variables
+               if not np.isfinite(np.asarray(v.numpy(), np.float64)).all()]
+        if bad_loss or bad:
+            step = int(self.model.optimizer.iterations.numpy())
+            what = "the loss is not finite" if bad_loss else f"weights {bad[:3]} are not finite"
+            raise NonFiniteTrainingError(
+                f"Training diverged by step {step} (epoch {epoch + 1}): {what}. Lower the "
+                "learning rate, check the data's scale, or clip gradients (e.g. Adam("
+                "clipnorm=1.0)).")
+
+
 class BuiltinLossModel(keras.Model):
     """A Keras model with its loss built in (see module): validated `fit` / `evaluate`,
     `compile` without `loss=`, re-compilation of a loaded model with its saved optimizer."""
@@ -207,6 +230,13 @@ class BuiltinLossModel(keras.Model):
             else:
                 validation_data = self._check_fit_input(validation_data, "validation_data")[0]
         self._on_fit_data(x)
+        callbacks = kwargs.get("callbacks")
+        callbacks = list(callbacks or []) if not isinstance(
+            callbacks, keras.callbacks.CallbackList) else callbacks
+        if isinstance(callbacks, list) and not any(isinstance(c, StopOnNonFinite)
+                                                   for c in callbacks):
+            callbacks.append(StopOnNonFinite())
+        kwargs["callbacks"] = callbacks
         if isinstance(x, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
         if not self.compiled:

@@ -260,3 +260,15 @@ def test_whitened_mixture_base_moves_with_the_data_and_round_trips(two_clusters,
     with pytest.raises(ValueError, match="whiten"):
         dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 1, 8), base=flow,
                                       smooth_base=False, whiten=True)
+
+
+def test_training_that_diverges_stops_with_an_error_naming_the_step(two_clusters):
+    """A learning rate of 10³⁰ drives the weights non-finite: `fit` ends with a
+    NonFiniteTrainingError (a ValueError) naming the step and epoch, not a silent NaN model.
+    Deterministic."""
+    from dde.training import NonFiniteTrainingError
+
+    model = dde.DenoisingDensityEstimator(nets.energy_mlp(2, 2, 16), noise_std=0.3, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(1e30))
+    with pytest.raises(NonFiniteTrainingError, match=r"by step \d+ \(epoch \d+\)"):
+        model.fit(two_clusters, epochs=5, batch_size=64, verbose=0)
