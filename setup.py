@@ -40,6 +40,8 @@ setup(
             "hypothesis>=6",
             # Parquet files (dde.streaming, tests/test_streaming.py)
             "pyarrow>=14",
+            # PSIS k̂ checked against ArviZ's implementation (tests/test_partition.py)
+            "arviz>=0.17",
         ],
         # Parquet data files for dde fit / score / density
         "parquet": ["pyarrow>=14"],
