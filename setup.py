@@ -41,7 +41,7 @@ setup(
             # Parquet files (dde.streaming, tests/test_streaming.py)
             "pyarrow>=14",
             # PSIS k̂ checked against ArviZ's implementation (tests/test_partition.py)
-            "arviz>=0.17",
+            "arviz>=0.17,<1",
         ],
         # Parquet data files for dde fit / score / density
         "parquet": ["pyarrow>=14"],
