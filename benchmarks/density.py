@@ -791,7 +791,7 @@ def main(argv=None) -> int:
                         help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="training steps per model (MAF, RQ-NSF, each DDE candidate, "
-                             "ScoreNet); default 6,000 for the DDE, 3,000 for ScoreNet, "
+                             "ScoreNet); default 15,000 for the DDE, 3,000 for ScoreNet, "
                              "8,000 for the flows")
     parser.add_argument("--nsf-structure", choices=["autoregressive", "coupling"],
                         default=None, help="RQ-NSF layers (default: autoregressive)")
