@@ -22,7 +22,8 @@ AIS 2,048 chains × 300 temperatures).
 
 Printed per configuration: runs marked reliable, coverage of log Z ± 2·SE among them, the
 largest |error|/SE among them, the mean error in SE units (bias), and how many runs with an
-error beyond 4·SE were *not* marked unreliable (the goal: none). Writes JSON with every run.
+error beyond 4·SE were *not* marked unreliable (the goal: none). Writes compact JSON with
+every run (per configuration, one column per field).
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def main(argv=None):
                              "after every configuration) and run only the missing ones")
     args = parser.parse_args(argv)
     if args.summarize:
-        report = json.loads(Path(args.summarize).read_text())
+        report = _load(Path(args.summarize))
         report["overall"] = overall(report["configurations"])
         print(summary_table(report) + "\n" + markdown(report))
         return 0
@@ -140,10 +141,12 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.resume and out.exists():
-        previous = json.loads(out.read_text())
+        previous = _load(out)
         if previous.get("budgets") == report["budgets"]:
             report["configurations"] = previous["configurations"]
     done = {(r["family"], r["d"], r["proposal"], r["budget"]) for r in report["configurations"]}
+    from dde import _io
+
     start = time.perf_counter()
     for family in families:
         for d in dims:
@@ -163,7 +166,7 @@ def main(argv=None):
                           f"coverage {row['coverage']:.2f}, max|z| {row['max_abs_z']:.1f}, "
                           f"bias {row['bias_se']:+.2f}, >4SE unflagged "
                           f"{row['beyond_4se_not_flagged']}", flush=True)
-                    _write_atomically(out, json.dumps(report, indent=1, default=float))
+                    _io.write_text(out, _dumps(report))
     order = {(f, d, p, b): i for i, (f, d, p, b) in enumerate(
         (f, d, p, b) for f in families for d in dims for p in proposals
         for b in ("small", "large"))}
@@ -173,15 +176,43 @@ def main(argv=None):
     report["complete"] = True
     table = summary_table(report) + "\n" + markdown(report)
     print(table)
-    _write_atomically(out, json.dumps(report, indent=1, default=float))
-    _write_atomically(out.with_suffix(".md"), table)
+    _io.write_text(out, _dumps(report))
+    _io.write_text(out.with_suffix(".md"), table)
     return 0
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+#: The per-run fields kept in the JSON (rounded to 6 significant digits, so that the file of
+#: 6,720 runs stays small).
+RUN_FIELDS = ("fit", "seed", "error", "stderr", "z_score", "ess", "pareto_k", "reliable",
+              "num_samples", "reference_beyond_max", "log_z_upper")
+
+
+def _dumps(report: dict) -> str:
+    """The JSON text of a report: compact (no indentation), runs as columns."""
+    return json.dumps(_compact(report), default=float, separators=(",", ":")) + "\n"
+
+
+def _compact(report: dict) -> dict:
+    """The report with each configuration's runs as columns ({field: [value per run]})."""
+    def column(c, k):
+        return [float(f"{r[k]:.6g}") if isinstance(r[k], float) else r[k]
+                for r in c["runs_detail"]]
+    return {**report, "configurations": [
+        {**{k: v for k, v in c.items() if k != "runs_detail"},
+         "runs_detail": {k: column(c, k) for k in RUN_FIELDS if c["runs_detail"]
+                         and k in c["runs_detail"][0]}}
+        for c in report["configurations"]]}
+
+
+def _load(path: Path) -> dict:
+    """A results file with each configuration's runs back as a list of dicts."""
+    report = json.loads(path.read_text())
+    for c in report["configurations"]:
+        runs = c["runs_detail"]
+        if isinstance(runs, dict):
+            n = len(next(iter(runs.values()), []))
+            c["runs_detail"] = [{k: v[i] for k, v in runs.items()} for i in range(n)]
+    return report
 
 
 def overall(rows) -> dict:

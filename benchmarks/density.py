@@ -435,9 +435,9 @@ def fit_dde_base(kind: str, splits, budget: Budget, seed: int, flow=None):
 
     if kind == "flow":
         return None if flow is None else bases.as_base(flow)
-    base, scores = bases.fit_mixture_base(splits.train, splits.validation,
-                                          n_components=budget.gmm_components, seed=seed,
-                                          max_fit_points=budget.gmm_max_train)
+    base, _ = bases.fit_mixture_base(splits.train, splits.validation,
+                                     n_components=budget.gmm_components, seed=seed,
+                                     max_fit_points=budget.gmm_max_train)
     return base
 
 

@@ -53,14 +53,20 @@ def energy_mlp(input_dim: int, depth: int = 3, width: int = 128, activation="sof
 
     `depth` hidden Dense layers of `width` units with `activation`, then a bias-free Dense(1).
     """
+    x, h = _mlp_trunk(input_dim, depth, width, activation)
+    out = layers.Dense(1, use_bias=False, name="energy")(h)
+    return keras.Model(x, out, name=name)
+
+
+def _mlp_trunk(input_dim, depth, width, activation):
+    """(input x, last hidden h) of `depth` Dense layers `hidden_i` of `width` units."""
     _check_sizes(input_dim, depth, width)
     check_activation(activation)
     x = keras.Input(shape=(input_dim,), name="x")
     h = x
     for i in range(depth):
         h = layers.Dense(width, activation=activation, name=f"hidden_{i}")(h)
-    out = layers.Dense(1, use_bias=False, name="energy")(h)
-    return keras.Model(x, out, name=name)
+    return x, h
 
 
 @keras.saving.register_keras_serializable(package="dde")
@@ -170,12 +176,7 @@ def residual_energy_mlp(input_dim: int, depth: int = 3, width: int = 128,
     whose output is bounded above (`UpperBound`: g ≤ softplus(bound) for "cap", |g| < bound
     for "tanh"). With sup g ≤ B, ∫ q e^g ≤ e^B < ∞ for every weight setting, and the weights
     e^g of importance sampling from q are bounded by e^B."""
-    _check_sizes(input_dim, depth, width)
-    check_activation(activation)
-    x = keras.Input(shape=(input_dim,), name="x")
-    h = x
-    for i in range(depth):
-        h = layers.Dense(width, activation=activation, name=f"hidden_{i}")(h)
+    x, h = _mlp_trunk(input_dim, depth, width, activation)
     h = layers.Dense(1, use_bias=False, kernel_initializer="zeros", name="residual")(h)
     out = UpperBound(bound, bound_kind, name="upper_bound")(h)
     return keras.Model(x, out, name=name)
