@@ -42,11 +42,14 @@ setup(
             "pyarrow>=14",
             # PSIS k̂ checked against ArviZ's implementation (tests/test_partition.py)
             "arviz>=0.17,<1",
+            # the detector's pyod conventions checked against pyod (tests/test_anomaly_explain.py)
+            "pyod>=2",
         ],
         # Parquet data files for dde fit / score / density
         "parquet": ["pyarrow>=14"],
         "notebooks": ["jupyter", "nbformat>=5.10", "ipykernel>=6.29"],
-        "benchmarks": ["pandas>=2.0", "h5py>=3.10", "pyarrow>=14"],
+        # benchmarks/anomaly.py runs pyod's detectors as peers
+        "benchmarks": ["pandas>=2.0", "h5py>=3.10", "pyarrow>=14", "pyod>=2"],
     },
     entry_points={"console_scripts": ["dde=dde_cli:main"]},
     classifiers=[

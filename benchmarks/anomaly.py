@@ -1,4 +1,4 @@
-"""Anomaly detection on ADBench-format data: the DDE detector vs scikit-learn's detectors.
+"""Anomaly detection on ADBench-format data: the DDE detector vs pyod's and scikit-learn's.
 
     python benchmarks/anomaly.py --data-dir ../shared/data/adbench [--quick] [--out FILE]
 
@@ -9,9 +9,9 @@ higher = more normal, negated for AUROC / average precision with anomaly = posit
 
 - DDE: `dde.anomaly.DDEAnomalyDetector` with its defaults (chosen on scikit-learn's bundled
   data sets and on validation splits of training data, never on these test points);
-- IsolationForest (default parameters);
-- LocalOutlierFactor(novelty=True) (default 20 neighbours);
-- OneClassSVM (RBF kernel, gamma="scale", nu=0.5: the defaults);
+- pyod's detectors with their defaults, as ADBench and Livernoche et al. (ICLR 2024) run
+  them: KNN (5 neighbours, distance to the farthest), LOF (20 neighbours), IForest (100
+  trees), ECOD, COPOD, OCSVM (RBF kernel, nu=0.5);
 - KernelDensity (Gaussian kernel; bandwidth by 5-fold cross-validated log-likelihood over
   a geometric grid, on at most 3,000 training rows; then fitted on all training rows and
   evaluated with relative tolerance 1e-4, which moves log-densities by < 1e-4);
@@ -26,6 +26,8 @@ tables and writes JSON (default `benchmarks/results/anomaly.json`).
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import json
 import os
 import platform
@@ -37,15 +39,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 from scipy.stats import rankdata  # noqa: E402
-from sklearn.ensemble import IsolationForest  # noqa: E402
 from sklearn.metrics import average_precision_score, roc_auc_score  # noqa: E402
 from sklearn.mixture import GaussianMixture  # noqa: E402
 from sklearn.model_selection import GridSearchCV  # noqa: E402
-from sklearn.neighbors import KernelDensity, LocalOutlierFactor  # noqa: E402
+from sklearn.neighbors import KernelDensity  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.svm import OneClassSVM  # noqa: E402
 
-METHODS = ("DDE", "IsolationForest", "LOF", "OneClassSVM", "KDE", "GMM")
+#: pyod detector classes of the peers (module, class), constructed with their defaults.
+PYOD_PEERS = {"KNN": ("pyod.models.knn", "KNN"), "LOF": ("pyod.models.lof", "LOF"),
+              "IForest": ("pyod.models.iforest", "IForest"),
+              "ECOD": ("pyod.models.ecod", "ECOD"), "COPOD": ("pyod.models.copod", "COPOD"),
+              "OCSVM": ("pyod.models.ocsvm", "OCSVM")}
+METHODS = ("DDE", *PYOD_PEERS, "KDE", "GMM")
 KDE_BANDWIDTHS = np.geomspace(0.03, 3.0, 21)
 KDE_CV_MAX_ROWS = 3000
 KDE_RTOL = 1e-4
@@ -127,17 +132,30 @@ class _GMM:
         return self.model.score_samples(x)
 
 
+class _PyOD:
+    """A pyod detector behind `score_samples` (higher = more normal: −decision_function)."""
+
+    def __init__(self, name, seed):
+        module, cls = PYOD_PEERS[name]
+        klass = getattr(importlib.import_module(module), cls)
+        params = inspect.signature(klass).parameters
+        self.model = klass(random_state=seed) if "random_state" in params else klass()
+
+    def fit(self, x):
+        self.model.fit(x)
+        return self
+
+    def score_samples(self, x):
+        return -self.model.decision_function(x)
+
+
 def make_method(name, seed, dde_params=None):
     """A fresh detector with `fit(x)` and `score_samples(x)` (higher = more normal)."""
     if name == "DDE":
         from dde.anomaly import DDEAnomalyDetector
         return DDEAnomalyDetector(random_state=seed, **(dde_params or {}))
-    if name == "IsolationForest":
-        return IsolationForest(random_state=seed)
-    if name == "LOF":
-        return LocalOutlierFactor(novelty=True)
-    if name == "OneClassSVM":
-        return OneClassSVM()
+    if name in PYOD_PEERS:
+        return _PyOD(name, seed)
     if name == "KDE":
         return _KDE(seed)
     if name == "GMM":
@@ -186,6 +204,13 @@ def subsample_for_quick(x, y, seed, max_rows=3000):
         rng.choice(idx, max(1, int(round(max_rows * len(idx) / len(x)))), replace=False)
         for idx in (np.flatnonzero(y == 0), np.flatnonzero(y == 1))])
     return x[np.sort(keep)], y[np.sort(keep)]
+
+
+def matches(stem, key):
+    """Whether the file stem `stem` ("22_magic.gamma") is selected by `key`: its number
+    ("22"), its name ("magic.gamma"), the whole stem, or a prefix of it ending in "_"."""
+    number, _, name = stem.partition("_")
+    return key in (stem, number, name) or (key.endswith("_") and stem.startswith(key))
 
 
 def summarize(results, methods):
@@ -264,7 +289,8 @@ def main(argv=None):
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--datasets", default=None,
-                        help="comma-separated substrings of file names to keep (default all)")
+                        help="comma-separated data sets to keep, by number (22), name "
+                             "(magic.gamma) or file stem (default all)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 seed, ≤ 3,000 rows per set, DDE max_steps=300")
     parser.add_argument("--dde-params", default=None, metavar="JSON",
@@ -284,7 +310,7 @@ def main(argv=None):
     files = sorted(data_dir.glob("*.npz"), key=lambda p: (len(p.stem.split("_")[0]), p.stem))
     if args.datasets:
         keys = [k.strip() for k in args.datasets.split(",") if k.strip()]
-        files = [f for f in files if any(k in f.stem for k in keys)]
+        files = [f for f in files if any(matches(f.stem, k) for k in keys)]
     if not files:
         parser.error(f"no .npz files found in {data_dir}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -7,18 +7,29 @@ by its log-density in the original feature units,
     score_samples(x) = f(z) − Σ_j log s_j   (− log Ẑ when the model is normalized),
 
 higher = more normal, shape [n]. As in `sklearn.ensemble.IsolationForest`,
-`decision_function(x) = score_samples(x) − offset_` with `offset_` the `contamination`
-percentile of the training scores, and `predict(x)` is +1 (inlier, decision ≥ 0) or −1
-(outlier, decision < 0).
+`decision_function(x) = score_samples(x) − offset_` and `predict(x)` is +1 (inlier,
+decision ≥ 0) or −1 (outlier, decision < 0). The threshold `offset_` needs no guess of the
+outlier fraction: with `contamination="auto"` it is the `false_alarm_rate` quantile of the
+scores of held-out training rows (rows the network never trained on), so that about that
+fraction of new normal rows is flagged; a float `contamination` is the fraction of the
+training rows flagged, as in scikit-learn and pyod.
+
+pyod's conventions are kept beside scikit-learn's: `decision_scores_` (outlier scores
+−score_samples of the training rows, higher = more abnormal), `threshold_` (= −offset_),
+`labels_` (0 inlier, 1 outlier) and `predict_proba` (outlier probabilities, "linear" or
+"unify"). `explain(x)` splits each row's outlier score into per-feature contributions.
 
 Example:
     det = DDEAnomalyDetector(contamination=0.05, random_state=0).fit(x_train)
     labels = det.predict(x_new)          # +1 / −1
+    proba = det.predict_proba(x_new)[:, 1]   # P(outlier), pyod's convention
+    parts = det.explain(x_new)           # [n, d] per-feature contributions
     det.save("detector.zip")
     det2 = DDEAnomalyDetector.load("detector.zip")   # identical scores
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import numbers
@@ -29,11 +40,13 @@ import zipfile
 import keras
 import numpy as np
 import tensorflow as tf
+from scipy import special
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from dde._cache import compiled_function, weak
 from dde._io import atomic_path, check_keras_archive
 from dde._validation import check_finite_results
 from dde.export import export_detector
@@ -42,19 +55,24 @@ from dde.nets import check_activation, energy_mlp
 
 __all__ = ["DDEAnomalyDetector", "AUTO_CONTAMINATION"]
 
-#: The training-score percentile used as `offset_` when `contamination="auto"`: points less
-#: dense than 99 % of the training data are flagged.
+#: The default `false_alarm_rate`: with `contamination="auto"` the threshold flags about 1 %
+#: of new normal rows (the 1st percentile of the held-out training rows' scores).
 AUTO_CONTAMINATION = 0.01
 
 _FORMAT = "dde.DDEAnomalyDetector"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _STATE_FILE = "detector.json"
 _MODEL_FILE = "estimator.keras"
+_SCORES_FILE = "decision_scores.npy"
+#: Gauss–Legendre nodes of `explain`'s path integral (exact for f polynomial of degree ≤ 2n
+#: along the path; smooth MLP energies converge far faster than a Riemann sum).
+_EXPLAIN_NODES = 32
 # Evaluations of the validation loss use at least this many (noisy copies of) rows, so that
 # the early-stopping signal is not dominated by the noise draw on small validation sets.
 _MIN_VALIDATION_ROWS = 4096
 _XLA_MIN_STEPS = 500
-_SCORE_BATCH = 2048
+_SCORE_BATCH = 8192
 
 
 class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
@@ -104,8 +122,14 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     patience : int, default=8
         Evaluations without improvement before stopping.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Expected fraction of outliers in the training data: `offset_` is this percentile of
-        the training scores. "auto" uses `AUTO_CONTAMINATION` (1 %).
+        "auto": no outliers are assumed in the training data; `offset_` is the
+        `false_alarm_rate` quantile of the scores of the held-out validation rows (of the
+        training rows when there are none: `validation_fraction=0`, fewer than 10 rows, or
+        `estimator=`), so that about that fraction of new normal rows is flagged
+        (`threshold_source_` says which rows set it). A float: the expected fraction of
+        outliers in the training data; `offset_` is this percentile of the training scores.
+    false_alarm_rate : float in (0, 0.5], default=0.01
+        The fraction of normal rows flagged by the "auto" threshold.
     estimator : DenoisingDensityEstimator or None, default=None
         A trained model to use instead of training one. It scores the features as given (no
         standardization: it must have been trained on the same feature space); `fit` then only
@@ -131,6 +155,17 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         σ of the model (standardized units).
     offset_ : float
         Threshold on `score_samples`: decision_function = score_samples − offset_.
+    threshold_source_ : str
+        "held-out" or "training": the rows whose scores set `offset_`.
+    decision_scores_ : ndarray [n_train]
+        pyod's outlier scores of the training rows: −score_samples (higher = more abnormal).
+    threshold_ : float
+        pyod's threshold on outlier scores, −offset_.
+    labels_ : ndarray of int [n_train]
+        pyod's training labels: 1 where decision_scores_ > threshold_ (outlier), else 0.
+    baseline_ : ndarray [n_features]
+        The reference row of `explain`: the training row of highest score (the most normal
+        one), in the original units.
     activation_ : str
         The activation of the trained network (the selected one with activation="auto").
     activation_val_losses_ : dict
@@ -157,7 +192,8 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     def __init__(self, *, hidden_layers=3, width=128, activation="auto", noise_std="auto",
                  initial_noise_std=1.0, max_steps=3000, batch_size=256, learning_rate=1e-3,
                  learning_rate_decay="cosine", validation_fraction=0.1, validation_interval=100,
-                 patience=8, contamination="auto", estimator=None, random_state=None, verbose=0):
+                 patience=8, contamination="auto", false_alarm_rate=AUTO_CONTAMINATION,
+                 estimator=None, random_state=None, verbose=0):
         self.hidden_layers = hidden_layers
         self.width = width
         self.activation = activation
@@ -171,6 +207,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         self.validation_interval = validation_interval
         self.patience = patience
         self.contamination = contamination
+        self.false_alarm_rate = false_alarm_rate
         self.estimator = estimator
         self.random_state = random_state
         self.verbose = verbose
@@ -213,6 +250,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
             except (TypeError, ValueError) as err:
                 raise type(err)(str(err).replace(
                     "a float in", "a str among {'auto'} or a float in")) from None
+        self._check_float("false_alarm_rate", 0.0, 0.5)
         if self.estimator is not None:
             if not isinstance(self.estimator, EnergyModel):
                 raise self._param_error("estimator",
@@ -263,6 +301,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
             self.history_ = {"loss": [], "val_loss": [], "noise_std": []}
             self.activation_ = None
             self.activation_val_losses_ = {}
+            heldout = np.zeros(0, dtype=int)
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 self.scaler_ = StandardScaler().fit(X)
@@ -272,15 +311,27 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                                          & np.isfinite(self.scaler_.mean_)))[0])
                 raise ValueError(f"The mean or spread of column {j} of X overflows float64: "
                                  "its values are too large to standardize.")
-            model = self._train(self._standardize(X, "X"), rng)
+            model, heldout = self._train(self._standardize(X, "X"), rng)
         self.estimator_ = model
         self.noise_std_ = float(model.resolve_noise_std(None))
         self._set_shift()
         scores = self._score(X)
-        fraction = (AUTO_CONTAMINATION if self.contamination == "auto"
-                    else float(self.contamination))
-        self.offset_ = float(np.percentile(scores, 100.0 * fraction))
+        if self.contamination == "auto":
+            self.threshold_source_ = "held-out" if len(heldout) else "training"
+            reference = scores[heldout] if len(heldout) else scores
+            self.offset_ = float(np.quantile(reference, float(self.false_alarm_rate)))
+        else:
+            self.threshold_source_ = "training"
+            self.offset_ = float(np.percentile(scores, 100.0 * float(self.contamination)))
+        self.baseline_ = np.array(X[int(np.argmax(scores))], dtype=np.float64)
+        self._set_pyod_attributes(-scores)
         return self
+
+    def _set_pyod_attributes(self, decision_scores) -> None:
+        """decision_scores_, threshold_ and labels_ as pyod's BaseDetector defines them."""
+        self.decision_scores_ = np.asarray(decision_scores, dtype=np.float64)
+        self.threshold_ = -self.offset_
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
 
     def _resolve_noise_std(self, z_train, z_val, rng):
         n, d = z_train.shape
@@ -291,7 +342,8 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                                          self.AUTO_NOISE_GRID, rng)
         return float(self.noise_std)
 
-    def _train(self, z, rng) -> DenoisingDensityEstimator:
+    def _train(self, z, rng):
+        """(trained model, indices of the held-out validation rows of z)."""
         n, d = z.shape
         seeds = rng.randint(0, 2**31 - 1, size=4)
         n_val = int(round(self.validation_fraction * n)) if n >= 10 else 0
@@ -315,7 +367,7 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         for key in ("history_", "n_steps_", "best_step_"):
             setattr(self, key, info[key])
         model.set_data_statistics(z_train)
-        return model
+        return model, np.sort(perm[:n_val])
 
     def _train_one(self, z_train, z_val, sigma, activation, seeds):
         """Train one DDE with `activation`; returns (model, {history_, n_steps_, best_step_,
@@ -423,20 +475,32 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _score(self, X) -> np.ndarray:
         """score_samples of a validated array X."""
         z = self._standardize(X)
-        # A forward pass only (no gradient), run eagerly (no graph to trace per model) in
-        # batches of one fixed shape: the last one is zero-padded, so that a row's score does
-        # not depend on which other rows are scored with it (float32 matrix products round
-        # differently for different batch sizes).
-        n = len(z)
+        # A forward pass only (no gradient), compiled once per model for batches of one fixed
+        # shape: the last one is zero-padded, so that a row's score does not depend on which
+        # other rows are scored with it (float32 matrix products round differently for
+        # different batch sizes).
+        n, d = z.shape
+        forward = self._forward(d)
         f = np.empty(n, dtype=np.float64)
         for i in range(0, n, _SCORE_BATCH):
             chunk = z[i:i + _SCORE_BATCH]
             m = len(chunk)
             if m < _SCORE_BATCH:
-                chunk = np.concatenate([chunk, np.zeros((_SCORE_BATCH - m, z.shape[1]),
+                chunk = np.concatenate([chunk, np.zeros((_SCORE_BATCH - m, d),
                                                         dtype=z.dtype)])
-            f[i:i + m] = np.asarray(self.estimator_(tf.constant(chunk), training=False))[:m]
+            f[i:i + m] = forward(tf.constant(chunk)).numpy().reshape(-1)[:m]
         return check_finite_results(f + self.log_density_shift_, "anomaly score")
+
+    def _forward(self, d):
+        """The model's log-density f(z) [_SCORE_BATCH, d] → [_SCORE_BATCH, 1], compiled
+        once per model (`dde._cache`, weakly keyed by the model)."""
+        model = self.estimator_
+        spec = [tf.TensorSpec([_SCORE_BATCH, d], model.compute_dtype)]
+
+        def build():
+            ref = weak(model)
+            return tf.function(lambda z: ref()(z, training=False), input_signature=spec)
+        return compiled_function(model, ("detector_forward", _SCORE_BATCH, d), build)
 
     def decision_function(self, X) -> np.ndarray:
         """score_samples(X) − offset_: negative for outliers, [n]."""
@@ -445,6 +509,77 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     def predict(self, X) -> np.ndarray:
         """+1 for inliers (decision_function ≥ 0), −1 for outliers: [n] int."""
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def predict_proba(self, X, method="linear") -> np.ndarray:
+        """Outlier probabilities in pyod's convention: [n, 2], columns (P(inlier),
+        P(outlier)), from the outlier score o(x) = −score_samples(x) relative to the training
+        rows' scores `decision_scores_` (o_train):
+
+        - "linear": P(outlier) = (o − min o_train) / (max o_train − min o_train), clipped to
+          [0, 1] (pyod's min–max conversion);
+        - "unify": P(outlier) = erf((o − mean o_train) / (std o_train · √2)), clipped to
+          [0, 1] (Kriegel et al., 2011, "Interpreting and unifying outlier scores").
+        """
+        check_is_fitted(self)
+        if not hasattr(self, "decision_scores_"):
+            raise ValueError("This detector was saved by dde 0.1 without its training scores; "
+                             "refit it to use predict_proba.")
+        if method not in ("linear", "unify"):
+            raise ValueError(f"method must be 'linear' or 'unify', got {method!r}.")
+        outlier = -self.score_samples(X)
+        train = self.decision_scores_
+        if method == "linear":
+            span = float(train.max() - train.min()) or 1.0  # (MinMaxScaler's zero range)
+            p = (outlier - float(train.min())) / span
+        else:
+            spread = float(train.std()) or 1.0
+            p = special.erf((outlier - float(train.mean())) / (spread * math.sqrt(2.0)))
+        p = np.clip(p, 0.0, 1.0)
+        return np.column_stack([1.0 - p, p])
+
+    def explain(self, X, baseline=None) -> np.ndarray:
+        """Per-feature contributions to each row's outlier score: [n, n_features].
+
+        Integrated gradients (Sundararajan et al., 2017) of the log-density f along the
+        straight path from the baseline z₀ to the row z (standardized units):
+
+            c_j(x) = −(z_j − z₀_j) ∫₀¹ ∂f/∂z_j(z₀ + α(z − z₀)) dα,
+
+        computed with a 32-node Gauss–Legendre rule. They sum to the row's outlier score
+        relative to the baseline's: Σ_j c_j(x) = score_samples(baseline) − score_samples(x)
+        (to quadrature accuracy), so positive entries are the features that make the row
+        less dense than the baseline, and a feature equal to the baseline's contributes 0.
+        The default baseline is `baseline_`, the most normal training row; pass any row
+        ([n_features], original units) instead.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        if baseline is None:
+            if not hasattr(self, "baseline_"):
+                raise ValueError("This detector was saved by dde 0.1 without a baseline "
+                                 "row; pass baseline= or refit it.")
+            baseline = self.baseline_
+        baseline = np.asarray(baseline, dtype=np.float64)
+        if baseline.shape != (self.n_features_in_,):
+            raise ValueError(f"baseline must be one row of {self.n_features_in_} features, "
+                             f"got shape {baseline.shape}.")
+        if not np.isfinite(baseline).all():
+            raise ValueError("baseline has non-finite values.")
+        z = self._standardize(X).astype(np.float64)
+        z0 = self._standardize(baseline[None], "baseline")[0].astype(np.float64)
+        nodes, weights = np.polynomial.legendre.leggauss(_EXPLAIN_NODES)
+        alphas, weights = 0.5 * (nodes + 1.0), 0.5 * weights  # on [0, 1]
+        dtype = self.estimator_.compute_dtype
+        out = np.empty_like(z)
+        rows = max(1, _SCORE_BATCH // _EXPLAIN_NODES)
+        for i in range(0, len(z), rows):
+            delta = z[i:i + rows] - z0                               # [m, d]
+            path = z0 + alphas[:, None, None] * delta[None]           # [k, m, d]
+            grads = self.estimator_.score(path.reshape(-1, z.shape[1]).astype(dtype),
+                                          batch_size=_SCORE_BATCH)
+            mean_grad = np.tensordot(weights, grads.reshape(path.shape), axes=1)  # [m, d]
+            out[i:i + rows] = -delta * mean_grad
+        return check_finite_results(out, "explanation")
 
     # -------------------------------------------------------------------------- persistence
     def export(self, path, progress=False):
@@ -457,8 +592,9 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         return export_detector(self, path, progress=progress)
 
     def save(self, path) -> None:
-        """Write the fitted detector (model, scaler, offset, parameters) to one zip file,
-        atomically: `estimator.keras` (the Keras model) and `detector.json` (the rest)."""
+        """Write the fitted detector (model, scaler, threshold, parameters) to one zip file,
+        atomically: `estimator.keras` (the Keras model), `decision_scores.npy` (the training
+        rows' outlier scores, for predict_proba) and `detector.json` (the rest)."""
         check_is_fitted(self)
         params = self.get_params(deep=False)
         params.pop("estimator")
@@ -473,6 +609,8 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
             "feature_names_in_": (list(map(str, self.feature_names_in_))
                                   if hasattr(self, "feature_names_in_") else None),
             "offset_": self.offset_, "noise_std_": self.noise_std_,
+            "threshold_source_": self.threshold_source_,
+            "baseline_": self.baseline_.tolist(),
             "n_steps_": int(self.n_steps_), "best_step_": int(self.best_step_),
             "activation_": self.activation_,
             "activation_val_losses_": _jsonable(self.activation_val_losses_),
@@ -485,8 +623,11 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as tmpdir:
             keras_file = os.path.join(tmpdir, _MODEL_FILE)
             self.estimator_.save(keras_file)
+            scores_file = os.path.join(tmpdir, _SCORES_FILE)
+            np.save(scores_file, self.decision_scores_, allow_pickle=False)
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 archive.write(keras_file, _MODEL_FILE)
+                archive.write(scores_file, _SCORES_FILE)
                 archive.writestr(_STATE_FILE, json.dumps(state, indent=1))
 
     @classmethod
@@ -511,6 +652,16 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                 except (UnicodeDecodeError, json.JSONDecodeError) as err:
                     raise ValueError(f"{path} is damaged: its {_STATE_FILE} is not valid "
                                      f"JSON ({err}).") from err
+                scores = None
+                if isinstance(state, dict) and state.get("version") == _FORMAT_VERSION:
+                    if _SCORES_FILE not in names:
+                        raise ValueError(f"{path} is damaged: it lacks {_SCORES_FILE}.")
+                    try:
+                        with archive.open(_SCORES_FILE) as handle:
+                            scores = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+                    except ValueError as err:
+                        raise ValueError(f"{path} is damaged: its {_SCORES_FILE} does not "
+                                         f"load ({err}).") from err
                 with tempfile.TemporaryDirectory() as tmpdir:
                     archive.extract(_MODEL_FILE, tmpdir)
                     keras_file = os.path.join(tmpdir, _MODEL_FILE)
@@ -523,10 +674,16 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
                                          f"load ({' '.join(str(err).split())})") from err
         except (zipfile.BadZipFile, EOFError) as err:
             raise ValueError(f"{path} is not a saved {cls.__name__}: {err}") from err
-        return cls._from_state(_checked_state(state, model, path), model, path)
+        state = _checked_state(state, model, path)
+        if scores is not None and (scores.ndim != 1 or not len(scores)
+                                   or not np.issubdtype(scores.dtype, np.floating)
+                                   or not np.isfinite(scores).all()):
+            raise ValueError(f"{path} is damaged: its {_SCORES_FILE} must hold a non-empty, "
+                             f"finite float vector, got {scores.dtype} {scores.shape}.")
+        return cls._from_state(state, model, path, scores)
 
     @classmethod
-    def _from_state(cls, state, model, path) -> "DDEAnomalyDetector":
+    def _from_state(cls, state, model, path, scores=None) -> "DDEAnomalyDetector":
         try:
             det = cls(**state["params"])
         except TypeError as err:
@@ -555,6 +712,15 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
         det.activation_val_losses_ = dict(state.get("activation_val_losses_") or {})
         det.history_ = state["history_"]
         det._set_shift()
+        # version 1 files predate these; their detectors score and predict, but need
+        # baseline= to explain and a refit for predict_proba
+        det.threshold_source_ = state.get("threshold_source_", "training")
+        if state.get("baseline_") is not None:
+            det.baseline_ = np.asarray(state["baseline_"], dtype=np.float64)
+        if scores is not None:
+            det._set_pyod_attributes(scores.astype(np.float64))
+        else:
+            det.threshold_ = -det.offset_
         return det
 
 
@@ -567,10 +733,10 @@ def _checked_state(state, model, path) -> dict:
 
     if not isinstance(state, dict):
         raise damaged(f"its {_STATE_FILE} holds no object")
-    if state.get("format") != _FORMAT or state.get("version") != _FORMAT_VERSION:
+    if state.get("format") != _FORMAT or state.get("version") not in _READABLE_VERSIONS:
         raise ValueError(f"{path} holds format {state.get('format')!r} version "
                          f"{state.get('version')!r}; expected {_FORMAT!r} version "
-                         f"{_FORMAT_VERSION}.")
+                         f"{' or '.join(map(str, _READABLE_VERSIONS))}.")
     if not isinstance(model, EnergyModel):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a dde energy model.")
 
@@ -595,6 +761,11 @@ def _checked_state(state, model, path) -> dict:
         isinstance(v, list) and len(v) == d and all(isinstance(n, str) for n in v)),
         f"null or a list of {d} names")
     entry("offset_", finite, "a finite number")
+    if state["version"] >= 2:
+        entry("threshold_source_", lambda v: v in ("held-out", "training"),
+              "'held-out' or 'training'")
+        entry("baseline_", lambda v: isinstance(v, list) and len(v) == d
+              and all(finite(a) for a in v), f"a list of {d} finite numbers")
     entry("noise_std_", lambda v: finite(v) and v > 0, "a positive number")
     entry("n_steps_", integer(0), "an integer ≥ 0")
     entry("best_step_", integer(0), "an integer ≥ 0")

@@ -1,5 +1,5 @@
 """Matplotlib figures for density models: density heat-maps, score fields, samples against
-data, training curves and denoiser arrows.
+data, training curves, denoiser arrows and per-feature explanations of anomaly scores.
 
 Every function returns a `matplotlib.figure.Figure` built without pyplot (no global figure
 state, no GUI backend: safe on headless machines and in worker threads); save it with
@@ -29,6 +29,7 @@ __all__ = [
     "plot_denoiser",
     "plot_densities",
     "plot_density",
+    "plot_explanation",
     "plot_density_1d",
     "plot_samples",
     "plot_score_field",
@@ -412,6 +413,53 @@ def plot_samples(samples, data=None, *, bounds=None, labels=("samples", "data"),
     axis.legend(loc="upper right", fontsize="small", markerscale=3, framealpha=0.8)
     if title:
         axis.set_title(title)
+    return fig
+
+
+# ------------------------------------------------------------------------ explanations
+def plot_explanation(contributions, feature_names=None, *, row: int | None = None,
+                     top: int = 10, title: str | None = None, ax=None, figsize=None,
+                     dpi=None) -> Figure:
+    """Per-feature contributions to outlier scores as horizontal bars, largest |value| on
+    top (red: the feature raises the outlier score, blue: it lowers it). One Axes.
+
+    contributions: [n_features] for one row, or [n, n_features] (e.g.
+    `DDEAnomalyDetector.explain(x)`) with `row` the row to draw, or row=None for the mean
+    over the rows; feature_names: n_features labels (default x0, x1, …); `top`: the number
+    of features drawn (the others are summed into one bar, "k others").
+    """
+    c = np.asarray(contributions, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[None]
+    if c.ndim != 2 or c.size == 0:
+        raise ValueError("contributions must be [n_features] or [n, n_features] and "
+                         f"non-empty; got shape {np.shape(contributions)}.")
+    if not np.isfinite(c).all():
+        raise ValueError("contributions hold NaN or infinite values.")
+    n, d = c.shape
+    if row is None:
+        values, label = c.mean(0), ("mean contribution" if n > 1 else "contribution")
+    else:
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)) \
+                or not -n <= row < n:
+            raise ValueError(f"row must be an int in [-{n}, {n}), got {row!r}.")
+        values, label = c[row], f"contribution (row {int(row) % n})"
+    names = ([f"x{j}" for j in range(d)] if feature_names is None
+             else [str(f) for f in feature_names])
+    if len(names) != d:
+        raise ValueError(f"{len(names)} feature names for {d} features.")
+    top = check_positive(top, "top", integer=True)
+    order = np.argsort(-np.abs(values), kind="stable")
+    shown, rest = order[:top], order[top:]
+    bars = list(values[shown]) + ([float(values[rest].sum())] if len(rest) else [])
+    labels = [names[j] for j in shown] + ([f"{len(rest)} others"] if len(rest) else [])
+    fig, (axis,) = _figure_and_axes(ax, 1, figsize or (5.0, 0.8 + 0.3 * len(bars)), dpi)
+    ypos = np.arange(len(bars))[::-1]
+    axis.barh(ypos, bars, color=["tab:red" if b > 0 else "tab:blue" for b in bars])
+    axis.set_yticks(ypos, labels)
+    axis.axvline(0.0, color="0.3", linewidth=0.8)
+    axis.set_xlabel(f"{label} to the outlier score (nats)")
+    axis.set_title(title or f"total {values.sum():.3g} nats")
     return fig
 
 

@@ -19,7 +19,9 @@ Anomaly scores of new rows with a saved anomaly detector.
 
 Writes a CSV with one row per input row and the columns `score` (log-density in the original
 units, higher = more normal), `decision` (score − the detector's threshold) and `label`
-(+1 inlier, −1 outlier). Data: .csv (an optional header row of names), .npy (memory-mapped),
+(+1 inlier, −1 outlier); with --explain also one column `explain_<feature>` per feature,
+its contribution to the row's outlier score (they sum to the score of the detector's most
+normal training row minus the row's score; see DDEAnomalyDetector.explain). Data: .csv (an optional header row of names), .npy (memory-mapped),
 .parquet or .npz (array X), read, scored and written in chunks, so files larger than memory
 work; the output appears only once every row is scored.
 A file whose number of columns (or header names) differs from the training data's is refused,
@@ -41,6 +43,10 @@ def add_parser(subparsers) -> None:
                    help="rows to score: .csv, .npy or .npz (array X)")
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output CSV (columns score, decision, label)")
+    p.add_argument("--explain", action="store_true",
+                   help="also write each feature's contribution to the outlier score "
+                        "(columns explain_<feature>; integrated gradients from the most "
+                        "normal training row)")
     add_streaming_options(p, "scored", noise_std=False)
     p.set_defaults(run=run)
 
@@ -68,6 +74,14 @@ def run(args) -> int:
         raise ValueError(f"{data_path}: the column names {header} differ from the detector's "
                          f"training features {list(map(str, names))}.")
     flagged = 0
+    d_model = detector.n_features_in_
+    names = [str(n) for n in (names if names is not None else header if header is not None
+                              else [f"x{j}" for j in range(d_model)])]
+    if args.explain and not hasattr(detector, "baseline_"):
+        raise ValueError(f"{model_path} was saved by dde 0.1 without a baseline row: refit "
+                         "it to use --explain.")
+    columns = "score,decision,label" + "".join(
+        f",explain_{_csv_name(n)}" for n in names) * bool(args.explain)
 
     def check_width(d):
         if d is not None and d != detector.n_features_in_:
@@ -89,15 +103,24 @@ def run(args) -> int:
         decision = scores - detector.offset_
         labels = np.where(decision < 0, -1, 1)
         flagged += int((labels == -1).sum())
-        return "".join(f"{s:.17g},{d:.17g},{lab:d}\n"
-                       for s, d, lab in zip(scores, decision, labels))
+        if not args.explain:
+            return "".join(f"{s:.17g},{d:.17g},{lab:d}\n"
+                           for s, d, lab in zip(scores, decision, labels))
+        parts = detector.explain(x)
+        return "".join(f"{s:.17g},{d:.17g},{lab:d}," + ",".join(f"{c:.9g}" for c in row)
+                       + "\n" for s, d, lab, row in zip(scores, decision, labels, parts))
 
     start = time.perf_counter()
-    n = write_csv_stream(out, "score,decision,label", chunks, rows)
+    n = write_csv_stream(out, columns, chunks, rows)
     seconds = time.perf_counter() - start
     print(f"dde score: {n} rows, {flagged} flagged as outliers (threshold "
           f"{detector.offset_:.6g}), {n / max(seconds, 1e-9):,.0f} rows/s; wrote {out}")
     return 0
+
+
+def _csv_name(name: str) -> str:
+    """A feature name as a CSV header cell: commas, quotes and line breaks replaced by _."""
+    return "".join("_" if ch in ',"\r\n' else ch for ch in name)
 
 
 # ------------------------------------------------------------------ `dde fit --detector`
@@ -126,8 +149,12 @@ def add_detector_arguments(parser) -> None:
     --batch-size, --learning-rate, --validation-split, --seed and --quiet are read too)."""
     g = parser.add_argument_group("anomaly detector (with --detector)")
     g.add_argument("--contamination", type=_contamination, default="auto",
-                   help="expected outlier fraction in (0, 0.5] setting the ±1 threshold, or "
-                        "'auto' (the 1st percentile of the training scores; default)")
+                   help="expected outlier fraction of the training rows in (0, 0.5] setting "
+                        "the ±1 threshold, or 'auto' (default: clean training rows; the "
+                        "threshold flags --false-alarm-rate of held-out training rows)")
+    g.add_argument("--false-alarm-rate", type=float, default=None,
+                   help="with --contamination auto: the fraction of normal rows flagged, in "
+                        "(0, 0.5] (default 0.01)")
     g.add_argument("--max-steps", type=int, default=None,
                    help="optimizer steps budget of the detector (default: the detector's)")
     g.add_argument("--detector-noise-std", type=_noise_std, default="auto",
@@ -146,6 +173,7 @@ def detector_from_args(args):
                        ("learning_rate", "learning_rate"), ("seed", "random_state"),
                        ("validation_split", "validation_fraction"),
                        ("contamination", "contamination"), ("max_steps", "max_steps"),
+                       ("false_alarm_rate", "false_alarm_rate"),
                        ("detector_noise_std", "noise_std")):
         value = getattr(args, arg, None)
         if value is not None:
@@ -181,6 +209,7 @@ def fit_detector(args, x, folder=None) -> dict:
                    if k != "estimator"},
         "noise_std": detector.noise_std_,
         "offset": detector.offset_,
+        "threshold_source": detector.threshold_source_,
         "training_fraction_flagged": flagged,
         "steps": detector.n_steps_,
         "best_step": detector.best_step_,

@@ -84,10 +84,17 @@ def test_conventions(fitted):
     assert len(det.history_["loss"]) == len(det.history_["val_loss"]) >= 1
 
 
-def test_auto_contamination_flags_one_percent():
+def test_auto_threshold_is_the_heldout_quantile():
+    """contamination="auto": offset_ is the false_alarm_rate quantile of the held-out
+    validation rows' scores (their false-alarm rate on new data: tests/test_anomaly_explain.py)."""
     x = mixture(500, 7)
     det = DDEAnomalyDetector(random_state=0, **TINY).fit(x)
-    assert abs(int(np.sum(det.predict(x) == -1)) - AUTO_CONTAMINATION * len(x)) <= 1
+    assert det.threshold_source_ == "held-out" and det.false_alarm_rate == AUTO_CONTAMINATION
+    # the same split as fit: 10 % of the rows by the detector's seeded permutation
+    rng = np.random.RandomState(0)
+    rng.randint(0, 2**31 - 1, size=4)
+    held = np.sort(rng.permutation(500)[:50])
+    assert det.offset_ == pytest.approx(np.quantile(det.score_samples(x[held]), 0.01))
 
 
 def test_score_is_log_density_in_original_units(fitted):
@@ -171,7 +178,8 @@ def test_save_load_round_trip(tmp_path):
     det = DDEAnomalyDetector(contamination=0.05, random_state=3, **TINY).fit(x)
     path = tmp_path / "sub" / "detector.zip"
     det.save(path)
-    assert sorted(zipfile.ZipFile(path).namelist()) == ["detector.json", "estimator.keras"]
+    assert sorted(zipfile.ZipFile(path).namelist()) == ["decision_scores.npy", "detector.json",
+                                                        "estimator.keras"]
     assert [p.name for p in path.parent.iterdir()] == ["detector.zip"]  # no temporary left
     det2 = DDEAnomalyDetector.load(path)
     x_new = pd.DataFrame(np.vstack([mixture(40, 4), planted_outliers(5, 4)]), columns=cols)

@@ -250,11 +250,12 @@ def _damage(raw, cut_or_none, draw):
 
 STATE_KEYS = ["params", "estimator_given", "n_features_in_", "feature_names_in_", "offset_",
               "noise_std_", "n_steps_", "best_step_", "history_", "scaler", "format",
-              "version"]
+              "version", "threshold_source_", "baseline_"]
 STATE_EDITS = [("offset_", None), ("offset_", "0.5"), ("offset_", float("nan")),
                ("noise_std_", -1.0), ("n_features_in_", 0), ("n_features_in_", "2"),
                ("n_steps_", -3), ("history_", []), ("feature_names_in_", ["a"]),
-               ("params", {"no_such_parameter": 1}), ("version", 99), ("scaler", "none")]
+               ("params", {"no_such_parameter": 1}), ("version", 99), ("scaler", "none"),
+               ("threshold_source_", "guess"), ("baseline_", [0.0])]
 
 
 @st.composite

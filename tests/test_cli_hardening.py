@@ -402,6 +402,7 @@ def _widen(raw, d):
     state["n_features_in_"] = d
     for key in ("mean_", "var_", "scale_"):
         state["scaler"][key] = [1.0] * d
+    state["baseline_"] = [0.0] * d
     return json.dumps(state)
 
 
