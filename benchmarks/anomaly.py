@@ -180,6 +180,7 @@ def evaluate(name, x_train, x_test, y_test, seed, dde_params=None):
            "fit_seconds": t1 - t0, "score_seconds": t2 - t1}
     if name == "DDE":
         out.update(noise_std=det.noise_std_, n_steps=det.n_steps_, best_step=det.best_step_,
+                   step_milliseconds=step_milliseconds(det),
                    best_val_loss=restored_val_loss(det), activation=det.activation_,
                    val_loss_by_activation=det.activation_val_losses_)
     elif name == "KDE":
@@ -187,6 +188,16 @@ def evaluate(name, x_train, x_test, y_test, seed, dde_params=None):
     elif name == "GMM":
         out["n_components"] = det.n_components
     return out
+
+
+def step_milliseconds(det) -> float:
+    """Wall time per optimizer step of the selected network's training, without its first
+    interval (tracing and compilation); NaN with a single interval."""
+    seconds = det.history_.get("seconds", [])
+    if len(seconds) < 2:
+        return float("nan")
+    interval = det.n_steps_ / len(seconds)
+    return 1000.0 * float(np.sum(seconds[1:])) / (interval * (len(seconds) - 1))
 
 
 def restored_val_loss(det) -> float:

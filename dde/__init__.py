@@ -8,7 +8,7 @@ from dde import (bases, callbacks, datasets, distributed, export, flows, likelih
                  nets, ode, partition, plotting, progress, protocols, sampling, score_sampling, sde,
                  streaming)
 from dde.anomaly import DDEAnomalyDetector
-from dde.callbacks import ValidationLogLikelihood
+from dde.callbacks import EpochTimer, ValidationLogLikelihood
 from dde.flows import NormalizingFlow
 from dde.likelihood import ProbabilityFlow, ProbabilityFlowResult, probability_flow_log_prob
 from dde.ode import ODESolverError, ODEStatus
@@ -53,6 +53,7 @@ __all__ = [
     "EnergyModel",
     "NoiseConditionalDDE",
     "NoiseStdSchedule",
+    "EpochTimer",
     "ValidationLogLikelihood",
     "EnergyModelLike",
     "NoiseConditionalLike",

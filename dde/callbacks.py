@@ -1,4 +1,5 @@
-"""Keras callbacks for energy models: model selection on the validation log-likelihood.
+"""Keras callbacks for energy models: model selection on the validation log-likelihood, and
+wall time per epoch (`EpochTimer`).
 
 `ValidationLogLikelihood` normalizes the model at the end of every epoch and logs the
 validation average log-likelihood (ALL), so that Keras' own callbacks select on it:
@@ -15,6 +16,7 @@ default proposal is its base: importance sampling with weights exp g.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import keras
@@ -63,3 +65,17 @@ class ValidationLogLikelihood(keras.callbacks.Callback):
         self.history.append({"epoch": epoch, **values})
         if logs is not None:
             logs.update(values)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Logs `epoch_seconds`, the wall time of each epoch (training steps and validation), so
+    that it appears in `History.history["epoch_seconds"]`; the first epoch includes tracing
+    and compilation."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+

@@ -72,7 +72,8 @@ def add_parser(subparsers) -> None:
                         "--noise-std within the first 60%% of the batches); refused when σ "
                         "would not reach --noise-std before the run ends")
     p.add_argument("--depth", type=int, default=None, help="hidden layers (default: 3)")
-    p.add_argument("--width", type=int, default=None, help="hidden units (default: 128)")
+    p.add_argument("--width", type=int, default=None,
+                   help="hidden units (default: 128; with --detector: 256)")
     p.add_argument("--activation", default=None,
                    help="smooth activation: softplus, swish, gelu, tanh, ... (default: "
                         "softplus; with --detector: 'auto', the lower held-out loss of "

@@ -16,7 +16,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from dde import DenoisingDensityEstimator, nets
-from dde.anomaly import AUTO_CONTAMINATION, DDEAnomalyDetector, heldout_kde_bandwidth
+from dde.anomaly import (AUTO_CONTAMINATION, DDEAnomalyDetector, _seeded_init,
+                         heldout_kde_bandwidth)
 
 # Small and fast: enough for the conventions, not for quality.
 TINY = dict(hidden_layers=1, width=16, max_steps=40, validation_interval=20, batch_size=64)
@@ -163,6 +164,8 @@ def test_non_numeric_input():
     ({"learning_rate_decay": "linear"}, ValueError, "learning_rate_decay"),
     ({"activation": "relu"}, ValueError, "piecewise linear"),
     ({"estimator": "model.keras"}, TypeError, "estimator"),
+    ({"base": "flow"}, ValueError, "'base' parameter"),
+    ({"base": "gaussian", "base_bound": 0.0}, ValueError, "base_bound"),
 ])
 def test_bad_parameters(params, exc, match):
     with pytest.raises(exc, match=match):
@@ -239,6 +242,39 @@ def test_given_estimator():
                                atol=1e-6)
     with pytest.raises(ValueError, match="expecting 5 features"):
         DDEAnomalyDetector(estimator=model).fit(x[:, :3])
+
+
+@pytest.mark.parametrize("base", ["gaussian", "mixture"])
+def test_base_density_detector_decays_like_its_base(base, tmp_path):
+    """With a base, f = log q_σ + g and g ≤ softplus(base_bound): far from the data (10 to
+    100 standard deviations) the score never exceeds the base's log-density by more than
+    the bound, whatever the weights; the residual starts at zero; save/load keeps the scores
+    bit for bit."""
+    x = mixture(400, 11)
+    det = DDEAnomalyDetector(base=base, base_bound=3.0, random_state=0, **TINY).fit(x)
+    rng = np.random.default_rng(12)
+    direction = rng.normal(size=(60, 5))
+    far = det.scaler_.mean_ + det.scaler_.scale_ * (
+        np.repeat([10.0, 30.0, 100.0], 20)[:, None]
+        * direction / np.linalg.norm(direction, axis=1, keepdims=True))
+    model = det.estimator_
+    z = det.scaler_.transform(far).astype(np.float32)
+    log_q = model.base.log_prob(z, np.full(len(z), det.noise_std_, np.float32)).numpy()
+    excess = det.score_samples(far) - (log_q - np.log(det.scaler_.scale_).sum())
+    assert np.all(excess <= np.log1p(np.exp(3.0)) + 1e-3), excess.max()
+    # the detector's seeded initialization keeps the residual's zero last layer
+    residual = nets.residual_energy_mlp(5, depth=1, width=16)
+    _seeded_init(residual, 3)
+    np.testing.assert_array_equal(residual(z[:5]).numpy(), 0.0)
+    det.save(tmp_path / "b.zip")
+    np.testing.assert_array_equal(DDEAnomalyDetector.load(tmp_path / "b.zip").score_samples(far),
+                                  det.score_samples(far))
+
+
+def test_history_records_seconds_per_interval(fitted):
+    det, _ = fitted
+    seconds = det.history_["seconds"]
+    assert len(seconds) == len(det.history_["loss"]) and all(t > 0 for t in seconds)
 
 
 def test_pipeline_and_clone():
