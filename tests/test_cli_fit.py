@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 
+from dde.anomaly import DDEAnomalyDetector
 from dde_cli import main
 
 
@@ -116,4 +117,6 @@ def test_fit_detector_passes_options_given_even_at_density_defaults(tmp_path):
                  "--learning-rate", "0.003"]) == 0
     params = json.loads((out / "metrics.json").read_text())["params"]
     assert params["activation"] == "softplus" and params["learning_rate"] == 0.003
-    assert params["width"] == 128 and params["batch_size"] == 256  # the detector's defaults
+    defaults = DDEAnomalyDetector().get_params()                  # the detector's defaults
+    assert params["width"] == defaults["width"] == 256
+    assert params["batch_size"] == defaults["batch_size"] == 256
