@@ -153,8 +153,8 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     rate, activation by held-out loss) were chosen on scikit-learn's bundled breast-cancer,
     wine and digits sets with one class normal (`benchmarks/anomaly_dev.py`) and by the
     held-out denoising loss of training splits, which needs no labels; the width 256 by that
-    loss on ADBench training splits (lower than 3 × 128, 4 × 128 and GELU on 5 of 6 sets,
-    `benchmarks/README.md`). A step takes a few milliseconds on a CPU, so a default fit (two
+    loss on ADBench training splits (lower than 3 × 128 on 5 of 6 sets, than 4 × 128 and
+    GELU on all 6; `benchmarks/README.md`). A step takes a few milliseconds on a CPU, so a default fit (two
     networks) takes about a minute.
 
     Attributes
