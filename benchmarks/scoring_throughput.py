@@ -93,11 +93,17 @@ def time_dde(train, queries, seed, train_steps):
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.fit(train, epochs=1, batch_size=256,
               steps_per_epoch=max(1, min(train_steps, len(train) // 256)), verbose=0)
-    model.log_density(queries[:1000])  # warm-up: trace the compiled function
+    return timed_once(model.log_density, queries)
+
+
+def timed_once(score, queries):
+    """Queries per second of one call `score(queries)` after a warm-up call on 1,000 of them
+    (tracing of compiled functions); the scores must be finite, one per query."""
+    score(queries[:1000])
     t0 = time.perf_counter()
-    f = model.log_density(queries)
+    out = score(queries)
     seconds = time.perf_counter() - t0
-    assert f.shape == (len(queries),) and np.isfinite(f).all()
+    assert out.shape == (len(queries),) and np.isfinite(out).all()
     return {"seconds": seconds, "points_per_second": len(queries) / seconds,
             "timed_queries": len(queries), "extrapolated": False}
 
@@ -118,13 +124,7 @@ def time_detectors(train, queries, min_seconds, max_seconds, seed, train_steps):
 
     det = DDEAnomalyDetector(noise_std=0.3, max_steps=max(1, train_steps), random_state=seed,
                              activation="softplus").fit(train)
-    det.score_samples(queries[:1000])  # warm-up
-    t0 = time.perf_counter()
-    s = det.score_samples(queries)
-    seconds = time.perf_counter() - t0
-    assert s.shape == (len(queries),) and np.isfinite(s).all()
-    dde_t = {"seconds": seconds, "points_per_second": len(queries) / seconds,
-             "timed_queries": len(queries), "extrapolated": False}
+    dde_t = timed_once(det.score_samples, queries)
     knn = KNN().fit(train)
     knn_t = timed_rate(knn.decision_function, queries, min_seconds, max_seconds, seed)
     return dde_t, knn_t

@@ -46,7 +46,6 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from dde._cache import compiled_function, weak
 from dde._io import atomic_path, check_keras_archive
 from dde._validation import check_finite_results
 from dde.callbacks import EpochTimer
@@ -507,33 +506,16 @@ class DDEAnomalyDetector(OutlierMixin, BaseEstimator):
     def _score(self, X) -> np.ndarray:
         """score_samples of a validated array X."""
         z = self._standardize(X)
-        # A forward pass only (no gradient), compiled once per model for batches of one fixed
-        # shape: the last one is zero-padded, so that a row's score does not depend on which
-        # other rows are scored with it (float32 matrix products round differently for
-        # different batch sizes).
-        n, d = z.shape
-        forward = self._forward(d)
-        f = np.empty(n, dtype=np.float64)
-        for i in range(0, n, _SCORE_BATCH):
-            chunk = z[i:i + _SCORE_BATCH]
-            m = len(chunk)
-            if m < _SCORE_BATCH:
-                chunk = np.concatenate([chunk, np.zeros((_SCORE_BATCH - m, d),
-                                                        dtype=z.dtype)])
-            f[i:i + m] = forward(tf.constant(chunk)).numpy().reshape(-1)[:m]
-        return check_finite_results(f + self.log_density_shift_, "anomaly score")
-
-    def _forward(self, d):
-        """The model's log-density f(z) [_SCORE_BATCH, d] → [_SCORE_BATCH, 1], compiled
-        once per model (`dde._cache`, weakly keyed by the model)."""
-        model = self.estimator_
-        spec = [tf.TensorSpec([_SCORE_BATCH, d], model.compute_dtype)]
-
-        def build():
-            ref = weak(model)
-            return tf.function(lambda z: ref()(z, training=False), input_signature=spec,
-                               autograph=False)
-        return compiled_function(model, ("detector_forward", _SCORE_BATCH, d), build)
+        # A forward pass only (no gradient), through the model's compiled `log_density`, in
+        # batches of one fixed shape: the rows are zero-padded to whole batches, so that a
+        # row's score does not depend on which other rows are scored with it (float32 matrix
+        # products round differently for different batch sizes).
+        n = len(z)
+        padded = np.zeros((-(-n // _SCORE_BATCH) * _SCORE_BATCH, z.shape[1]), dtype=z.dtype)
+        padded[:n] = z
+        f = self.estimator_.log_density(padded, batch_size=_SCORE_BATCH)[:n]
+        return check_finite_results(f.astype(np.float64) + self.log_density_shift_,
+                                    "anomaly score")
 
     def decision_function(self, X) -> np.ndarray:
         """score_samples(X) − offset_: negative for outliers, [n]."""

@@ -21,9 +21,10 @@ Writes a CSV with one row per input row and the columns `score` (log-density in 
 units, higher = more normal), `decision` (score − the detector's threshold) and `label`
 (+1 inlier, −1 outlier); with --explain also one column `explain_<feature>` per feature,
 its contribution to the row's outlier score (they sum to the score of the detector's most
-normal training row minus the row's score; see DDEAnomalyDetector.explain). Data: .csv (an optional header row of names), .npy (memory-mapped),
-.parquet or .npz (array X), read, scored and written in chunks, so files larger than memory
-work; the output appears only once every row is scored.
+normal training row minus the row's score; see DDEAnomalyDetector.explain). Data: .csv (an
+optional header row of names), .npy (memory-mapped), .parquet or .npz (array X), read, scored
+and written in chunks, so files larger than memory work; the output appears only once every
+row is scored.
 A file whose number of columns (or header names) differs from the training data's is refused,
 and so is a row the detector cannot score (e.g. a value too large for its float32 model). On
 any error the exit status is 2 and nothing is written.
@@ -74,14 +75,14 @@ def run(args) -> int:
         raise ValueError(f"{data_path}: the column names {header} differ from the detector's "
                          f"training features {list(map(str, names))}.")
     flagged = 0
-    d_model = detector.n_features_in_
-    names = [str(n) for n in (names if names is not None else header if header is not None
-                              else [f"x{j}" for j in range(d_model)])]
-    if args.explain and not hasattr(detector, "baseline_"):
-        raise ValueError(f"{model_path} was saved by dde 0.1 without a baseline row: refit "
-                         "it to use --explain.")
-    columns = "score,decision,label" + "".join(
-        f",explain_{_csv_name(n)}" for n in names) * bool(args.explain)
+    columns = "score,decision,label"
+    if args.explain:
+        if not hasattr(detector, "baseline_"):
+            raise ValueError(f"{model_path} was saved by dde 0.1 without a baseline row: "
+                             "refit it to use --explain.")
+        names = names if names is not None else header if header is not None else [
+            f"x{j}" for j in range(detector.n_features_in_)]
+        columns += "".join(f",explain_{_csv_name(str(n))}" for n in names)
 
     def check_width(d):
         if d is not None and d != detector.n_features_in_:
@@ -103,11 +104,8 @@ def run(args) -> int:
         decision = scores - detector.offset_
         labels = np.where(decision < 0, -1, 1)
         flagged += int((labels == -1).sum())
-        if not args.explain:
-            return "".join(f"{s:.17g},{d:.17g},{lab:d}\n"
-                           for s, d, lab in zip(scores, decision, labels))
-        parts = detector.explain(x)
-        return "".join(f"{s:.17g},{d:.17g},{lab:d}," + ",".join(f"{c:.9g}" for c in row)
+        parts = detector.explain(x) if args.explain else np.empty((len(x), 0))
+        return "".join(f"{s:.17g},{d:.17g},{lab:d}" + "".join(f",{c:.9g}" for c in row)
                        + "\n" for s, d, lab, row in zip(scores, decision, labels, parts))
 
     start = time.perf_counter()
