@@ -6,7 +6,7 @@ normalizing flows (MAF, rational-quadratic neural spline flows) and anomaly scor
 """
 from dde import (bases, callbacks, datasets, distributed, export, flows, likelihood, mcmc,
                  nets, ode, partition, plotting, progress, protocols, sampling, score_sampling, sde,
-                 streaming)
+                 smc, streaming)
 from dde.anomaly import DDEAnomalyDetector
 from dde.callbacks import EpochTimer, ValidationLogLikelihood
 from dde.flows import NormalizingFlow
@@ -44,6 +44,7 @@ from dde.score_sampling import (
     ScoreSamplerResults,
 )
 from dde.sde import SDE, VESDE, VPSDE
+from dde.smc import SMCResults, tempered_smc
 
 __version__ = "0.1.0"
 
@@ -83,6 +84,9 @@ __all__ = [
     "SAMPLERS",
     "mcmc",
     "sampling",
+    "smc",
+    "SMCResults",
+    "tempered_smc",
     # score-network branch
     "SDE",
     "VESDE",

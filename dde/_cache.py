@@ -10,7 +10,9 @@ the key alive): build it over `weak(owner)` and call that inside.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import weakref
 
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -65,3 +67,25 @@ def cached_functions(owner) -> dict:
     except TypeError:
         return {}
     return {key: fn for (key, _), (_, fn) in entries.items()}
+
+
+class _DropRetracingWarnings(logging.Filter):
+    """Functions compiled per owner (and retraced for a new batch size) make TensorFlow warn
+    'triggered tf.function retracing'; that is expected then, not a performance bug."""
+
+    def filter(self, record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def expected_retracing():
+    """Within this context TensorFlow's retracing warning is silenced (see above)."""
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    filt = _DropRetracingWarnings()
+    logger.addFilter(filt)
+    try:
+        yield
+    finally:
+        logger.removeFilter(filt)

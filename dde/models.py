@@ -611,9 +611,15 @@ class EnergyModel(DSMModel):
         method: "ula" (unadjusted), "mala" (Metropolis-adjusted, step size adapted during
         burn-in) or "annealed" (NoiseConditionalDDE only; over `noise_levels(num_levels)`,
         then `refine_steps=200` MALA steps at σ_min) — the names of `dde.sampling.SAMPLERS`.
-        init: starting points [n, d] (or [1, d]); default draws from `default_proposal()`,
-        N(data_mean, data_cov) of the data `fit` saw (annealed: convolved with N(0, σ₁²I)),
-        a standard normal (with a warning) if the model was not fit. num_steps: Langevin steps per chain (default 1000; MALA adds
+        init: starting points [n, d] (or [1, d]), or how to draw them from q =
+        `default_proposal()` (the base, or N(data_mean, data_cov) of the data `fit` saw):
+        "smc" (default for ULA and MALA) — a population carried from q to exp f by tempered
+        sequential Monte Carlo (`dde.smc`), so that the chains start with the model's mode
+        masses (a chain stays in the basin it starts in); "resample" — 20·n draws of q
+        importance-resampled by exp(f − log q); "proposal" (default for annealed, convolved
+        with N(0, σ₁²I)) — draws of q. A standard normal (with a warning) if the model was
+        not fit. How the start was drawn is in `results.diagnostics["init"]` (SMC: log Ẑ,
+        temperatures, ESS). num_steps: Langevin steps per chain (default 1000; MALA adds
         num_burnin_steps = num_steps // 2; annealed: steps_per_level = num_steps //
         num_levels). step_size h (x ← x + h∇f + sqrt(2h)ξ): default
         `dde.sampling.default_step_size` — 0.1σ² (ULA), σ² adapted (MALA), 0.05σ_L²
@@ -623,7 +629,8 @@ class EnergyModel(DSMModel):
         Returns the samples [n_ok, d] (chains whose state became NaN/inf are dropped with a
         RuntimeWarning, so n_ok ≤ n); with return_trajectory, (samples, trajectory
         [num_steps // thin, n_ok, d]); with return_results, the `SamplerResults` namedtuple
-        (samples, trajectory, acceptance_rate, num_diverged, step_size).
+        (samples, trajectory, acceptance_rate, num_diverged, step_size, diagnostics; with a
+        trajectory, diagnostics hold `tfp.mcmc`'s ESS and split R̂ per coordinate).
         """
         return sampling.sample_model(self, n, method=method, init=init, num_steps=num_steps,
                             step_size=step_size, seed=seed, progress=progress,

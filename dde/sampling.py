@@ -55,8 +55,11 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 import dde.mcmc as mcmc
+import dde.partition as partition
+import dde.smc as smc
 from dde._cache import cached_functions, compiled_function, weak
 from dde._registry import Registry
 from dde._validation import check_data, check_positive, sanitize_seed
@@ -252,6 +255,21 @@ def _tracing_count(sampler, target, d, record=False, progress=False) -> int:
     key = sampler._structure_key(t, d, record, progress)
     entry = cached_functions(t.objects[0]).get(key)
     return 0 if entry is None else entry[0].experimental_get_tracing_count()
+
+
+# ---------------------------------------------------------------------- chain diagnostics
+def chain_diagnostics(trajectory) -> dict:
+    """Convergence diagnostics of a trajectory [T, chains, d] (chains independent), from
+    `tfp.mcmc`: "ess" [d], the effective sample size of each coordinate over all chains
+    (`effective_sample_size` with cross-chain R̂ correction), and "rhat" [d], the split
+    potential scale reduction (`potential_scale_reduction(split_chains=True)`; values above
+    about 1.01 mean the chains have not mixed); "max_rhat" and "min_ess" summarize them."""
+    traj = tf.constant(np.asarray(trajectory, np.float64))
+    ess = tfp.mcmc.effective_sample_size(traj, cross_chain_dims=1).numpy()
+    rhat = tfp.mcmc.potential_scale_reduction(traj, independent_chain_ndims=1,
+                                              split_chains=True).numpy()
+    return {"ess": ess, "rhat": rhat, "min_ess": float(np.min(ess)),
+            "max_rhat": float(np.max(rhat))}
 
 
 # ---------------------------------------------------------------------------- the loops
@@ -463,6 +481,8 @@ class _LangevinBase(keras.layers.Layer):
             x = x[~diverged]
             if trajectory is not None:
                 trajectory = trajectory[:, ~diverged]
+        if trajectory is not None and trajectory.shape[0] >= 4 and trajectory.shape[1] >= 2:
+            diagnostics = {**(diagnostics or {}), **chain_diagnostics(trajectory)}
         return SamplerResults(samples=x, trajectory=trajectory, acceptance_rate=acceptance_rate,
                               num_diverged=n_bad, step_size=float(step_size),
                               diagnostics=diagnostics)
@@ -857,11 +877,15 @@ def default_step_size(model, method: str) -> float | None:
     return SAMPLERS.lookup(method).default_step_size(float(model.resolve_noise_std(None)))
 
 
+#: Ways `model.sample` starts its chains (`init=`): see `_initial_points`.
+INITS = ("smc", "resample", "proposal")
+
+
 def sample_model(model, n, method="ula", init=None, num_steps=None, step_size=None, seed=None,
                  progress=False, return_trajectory=False, return_results=False,
                  **sampler_kwargs):
     """Implementation of `EnergyModel.sample` (see there): the sampler registered in
-    `SAMPLERS` under `method`, n chains from `init` or from the model's default proposal."""
+    `SAMPLERS` under `method`, n chains from `init` (see `_initial_points`)."""
     if not isinstance(model, EnergyModelLike):
         raise TypeError(f"model must be an energy model, got {type(model).__name__}.")
     if method not in SAMPLERS:
@@ -872,13 +896,20 @@ def sample_model(model, n, method="ula", init=None, num_steps=None, step_size=No
         check_positive(num_steps, "num_steps", integer=True)
     if step_size is not None:
         check_positive(step_size, "step_size")
+    if isinstance(init, str) and init not in INITS:
+        raise ValueError(f"init must be an array of starting points or one of {INITS}, got "
+                         f"{init!r}.")
     rng = np.random.default_rng(seed)
     h = default_step_size(model, method) if step_size is None else step_size
     sampler, start_variance = recipe.build(model, 1000 if num_steps is None else num_steps, h,
                                            **sampler_kwargs)
-    x0 = _initial_points(model, n, init, rng, start_variance)
+    if init is None:  # annealing starts broad (σ₁): its own schedule sets the mode weights
+        init = "proposal" if start_variance > 0 else "smc"
+    x0, start = _initial_points(model, n, init, rng, start_variance, progress)
     results = sampler(model, x0, seed=int(rng.integers(2**31 - 1)),
                       return_trajectory=return_trajectory, progress=progress)
+    if start is not None:
+        results = results._replace(diagnostics={**(results.diagnostics or {}), "init": start})
     if return_results:
         return results
     if return_trajectory:
@@ -886,13 +917,18 @@ def sample_model(model, n, method="ula", init=None, num_steps=None, step_size=No
     return results.samples
 
 
-def _initial_points(model, n, init, rng, inflation):
-    """[n, d] starting points: `init` (n rows, or one row repeated), else draws from the
-    model's default proposal convolved with N(0, inflation·I), else N(0, (1 + inflation) I)
-    with a warning."""
+def _initial_points(model, n, init, rng, inflation, progress=False):
+    """([n, d] starting points, a dict describing how they were drawn or None).
+
+    init: an array (n rows, or one row repeated); "proposal": draws from the model's
+    `default_proposal()` q convolved with N(0, inflation·I); "resample": importance
+    resampling — 20·n draws from q, systematically resampled by exp(f − log q); "smc":
+    a population carried from q to exp f by tempered SMC (`dde.smc.tempered_smc`), so the
+    chains start with the right mode masses. Without training statistics (no q): N(0,
+    (1 + inflation) I) with a warning."""
     dtype = model.compute_dtype
     d = _model_dim(model)
-    if init is not None:
+    if init is not None and not isinstance(init, str):
         x0 = check_data(init, name="init", n_features=d, owner=type(model).__name__,
                         dtype=dtype)
         if x0.shape[0] == 1:
@@ -900,7 +936,7 @@ def _initial_points(model, n, init, rng, inflation):
         if x0.shape[0] != n:
             raise ValueError(f"init has {x0.shape[0]} rows; expected n = {n} (or 1 row to start "
                              "every chain there).")
-        return x0
+        return x0, None
     if d is None:
         raise ValueError(f"This {type(model).__name__} has not been fit or built, so its "
                          "input dimension is unknown: fit it first or pass init=.")
@@ -910,8 +946,21 @@ def _initial_points(model, n, init, rng, inflation):
                       "not trained with fit): chains start from a standard normal.",
                       UserWarning, stacklevel=3)
         x0 = rng.standard_normal((n, d)) * np.sqrt(1.0 + inflation)
-    else:
-        seed = tf.constant(rng.integers(2**31 - 1, size=2), tf.int32)
-        x0 = np.asarray(proposal.sample(n, seed=seed), dtype=np.float64)
-        x0 = x0 + np.sqrt(inflation) * rng.standard_normal((n, d))
-    return x0.astype(dtype)
+        return x0.astype(dtype), None
+    seed = rng.integers(2**31 - 1, size=2)
+    if init == "smc" and n >= 2:
+        res = smc.tempered_smc(partition.model_log_density_fn(model), proposal, n, seed=seed, progress=progress)
+        start = {"method": "smc", "log_z": res.log_z, "num_temperatures":
+                 len(res.temperatures) - 1, "min_ess": float(np.min(res.ess)),
+                 "acceptance_rate": res.acceptance_rate}
+        return res.samples.astype(dtype), start
+    if init == "resample" and n >= 2:
+        draws = np.asarray(proposal.sample(20 * n, seed=tf.constant(seed, tf.int32)))
+        log_w = (np.asarray(model.log_density(draws.astype(dtype)), np.float64).reshape(-1)
+                 - np.asarray(proposal.log_prob(draws), np.float64))
+        index = smc.systematic_resample(log_w, rng)
+        return draws[index].astype(dtype), {"method": "resample",
+                                            "ess": smc.effective_sample_size(log_w)}
+    x0 = np.asarray(proposal.sample(n, seed=tf.constant(seed, tf.int32)), dtype=np.float64)
+    x0 = x0 + np.sqrt(inflation) * rng.standard_normal((n, d))
+    return x0.astype(dtype), {"method": "proposal"}

@@ -8,8 +8,11 @@ Methods: ula (unadjusted Langevin), mala (Metropolis-adjusted; step size adapted
 burn-in of --burnin steps) and annealed (NoiseConditionalDDE only: --levels noise levels from
 sigma_max to sigma_min, --steps split evenly over them). The step size h is that of
 x ← x + h∇f(x) + sqrt(2h)ξ; by default 0.1σ² (ula), σ² before adaptation (mala), 0.05σ_L²
-(annealed). Chains start from a Gaussian matched to the training data (or from the rows of
---init). Writes the samples [n, d] as .npy and, for 2-D models, an optional scatter plot.
+(annealed). Chains start (--start) from a population carried to the model by tempered
+sequential Monte Carlo ("smc", default for ula and mala: the chains then hold the model's
+mode masses), from importance-resampled draws ("resample") or from the model's proposal, a
+Gaussian matched to the training data or the base ("proposal", default for annealed), or
+from the rows of --init. Writes the samples [n, d] as .npy and, for 2-D models, an optional scatter plot.
 Chains that diverge (NaN/inf) are dropped with a warning and counted in the summary (all
 diverged: an error). The outputs are written together at the end, both or neither; bad input
 or an unwritable output path stops the run before sampling (exit status 2).
@@ -56,6 +59,9 @@ def add_parser(subparsers) -> None:
                    help="annealed: finish with the Tweedie denoising step x + σ_L²∇f")
     p.add_argument("--init", default=None, metavar="FILE",
                    help="starting points (.npy, .npz or .csv): n rows or a single row")
+    p.add_argument("--start", choices=("smc", "resample", "proposal"), default=None,
+                   help="how the chains start without --init (default: smc for ula and "
+                        "mala, proposal for annealed)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--plot", default=None, metavar="FILE",
                    help="scatter plot of the samples (2-D models only; .png, .pdf, .svg)")
@@ -77,6 +83,9 @@ def _check_args(args):
     if not 0 < args.target_accept < 1:
         raise ValueError(f"--target-accept must be in (0, 1), got {args.target_accept}.")
     check_seed(args.seed)
+    if args.init is not None and args.start is not None:
+        raise ValueError("Give --init (starting points) or --start (how to draw them), not "
+                         "both.")
     out = Path(args.out)
     if out.suffix != ".npy":
         raise ValueError(f"--out must be a .npy file, got {out}.")
@@ -116,7 +125,7 @@ def run(args) -> int:
     d = model.input_dim if model.built else None
     if args.plot is not None and d != 2:
         raise ValueError(f"--plot draws 2-D samples; this model has {d} dimensions.")
-    init = read_data(args.init, "init", model) if args.init is not None else None
+    init = read_data(args.init, "init", model) if args.init is not None else args.start
 
     start = time.perf_counter()
     results = model.sample(args.n, method=args.method, init=init, num_steps=args.steps,

@@ -64,6 +64,13 @@ def test_sample_ula_from_init_file_and_annealed(models, tmp_path):
                  "--quiet"]) == 0
     x = np.load(out)
     assert x.shape == (50, 2) and np.all(np.abs(x - 4.0) < 0.2)  # 5 tiny steps from (4, 4)
+    # --start proposal: 5 tiny ULA steps keep the proposal's spread (data Gaussian ≈ N(MU, ·)).
+    out = tmp_path / "start.npy"
+    assert main(["sample", "--model", str(models["dde"]), "-n", "400", "--steps", "5",
+                 "--start", "proposal", "--out", str(out), "--quiet"]) == 0
+    assert np.allclose(np.load(out).mean(0), MU, atol=0.3)
+    assert main(["sample", "--model", str(models["dde"]), "-n", "5", "--start", "smc",
+                 "--init", str(init), "--out", str(out), "--quiet"]) == 2
     out = tmp_path / "annealed.npy"
     assert main(["sample", "--model", str(models["nc"]), "-n", "30", "--method", "annealed",
                  "--steps", "40", "--levels", "4", "--out", str(out), "--quiet"]) == 0

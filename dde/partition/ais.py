@@ -112,7 +112,7 @@ def whitening(proposal, d, seed):
     return mean, cholesky_factor(cov, 1.0, "the proposal")
 
 
-def _ais_functions(log_density_fn, proposal, make_kernel, jit_compile):
+def tempering_functions(log_density_fn, proposal, make_kernel, jit_compile):
     """Compiled pieces of AIS for one (log_density_fn, proposal, kernel): `init` (kernel
     state at x₀), `advance` (temperatures k_start ≤ k < k_end < K: weight increment, then
     transitions) and `finish` (the last increment). Whitening, schedule, step-size settings
@@ -199,7 +199,7 @@ def _ais_functions(log_density_fn, proposal, make_kernel, jit_compile):
     return build
 
 
-def _resolve_kernel(kernel, d, step_size, target_accept_rate):
+def resolve_kernel(kernel, d, step_size, target_accept_rate):
     """(make_kernel callable, initial step size, target acceptance, name)."""
     if isinstance(kernel, str):
         if kernel not in ("hmc", "mala"):
@@ -248,7 +248,7 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
     check_positive(num_leapfrog_steps, "num_leapfrog_steps", integer=True)
     check_positive(steps_per_temperature, "steps_per_temperature", integer=True)
     check_positive(adaptation_rate, "adaptation_rate", allow_zero=True)
-    make_kernel, h0, target_accept, kernel_name = _resolve_kernel(kernel, d, step_size,
+    make_kernel, h0, target_accept, kernel_name = resolve_kernel(kernel, d, step_size,
                                                                   target_accept_rate)
     # One compiled set per (f, proposal, kernel): a custom kernel is a companion by identity.
     companions = (proposal,) if isinstance(kernel, str) else (proposal, kernel)
@@ -258,7 +258,7 @@ def annealed_importance_sampling(log_density_fn, proposal, d, m, batch_size, see
 
     f64 = tf.float64
     mean_np, tril_np = whitening(proposal, d, seed)
-    build = _ais_functions(log_density_fn, proposal, make_kernel, jit_compile)
+    build = tempering_functions(log_density_fn, proposal, make_kernel, jit_compile)
     init, advance, finish = compiled_function(log_density_fn, key, build,
                                               companions=companions)
     mu, tril, betas = (tf.constant(a, f64) for a in (mean_np, tril_np, betas_np))

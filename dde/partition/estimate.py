@@ -8,15 +8,14 @@ models.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
 import warnings
 
 import numpy as np
 import tensorflow_probability as tfp
 
+from dde._cache import expected_retracing
 from dde._registry import Registry
 from dde._validation import check_data, check_finite_results, check_positive, sanitize_seed
 from dde.partition.ais import annealed_importance_sampling
@@ -41,27 +40,6 @@ SEED_SALT = 0
 #: Flattened proposal keywords of earlier versions → their `proposal_options` names.
 _LEGACY_PROPOSAL_KEYWORDS = {"n_components": "n_components", "proposal_scale": "scale",
                              "proposal_df": "df", "smoothing_std": "noise_std"}
-
-
-class _DropRetracingWarnings(logging.Filter):
-    """Each estimate compiles functions for its own (log_density_fn, proposal): TensorFlow's
-    'triggered tf.function retracing' warning is expected then, not a performance bug."""
-
-    def filter(self, record):
-        return "triggered tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _expected_retracing():
-    import tensorflow as tf
-
-    logger = tf.get_logger()
-    filt = _DropRetracingWarnings()
-    logger.addFilter(filt)
-    try:
-        yield
-    finally:
-        logger.removeFilter(filt)
 
 
 def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_size: int = 8192,
@@ -138,7 +116,7 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
                          f"{coverage_test!r}.")
     if method == "is" and ais_options:
         raise TypeError(f"Unexpected options for method='is': {sorted(ais_options)}.")
-    with _expected_retracing():
+    with expected_retracing():
         if method == "is":
             result = estimator(log_density_fn, proposal, int(num_samples), int(batch_size),
                                seed, progress, nan_policy, jit_compile, min_ess=min_ess,
