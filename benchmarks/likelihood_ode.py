@@ -24,7 +24,12 @@ T_ε = 1e-5, rtol = atol = 1e-5, one solve over all points (as in the tutorial):
 Part 2 — d = 2, 10, 43 (Gaussian data with a random covariance, a 3×128 score network trained
 for 600 steps): exact divergence (batched Jacobian, cost ∝ d) vs Hutchinson–Skilling with one
 Rademacher probe: wall time (warm) and the error of the Hutchinson log p against the exact-
-divergence log p of the same model (mean, i.e. bias, and RMS over points).
+divergence log p of the same model (mean, i.e. bias, and RMS over points); and the time of
+one exact divergence by reverse mode with a vectorized Jacobian vs forward mode.
+
+Solvers: every Part-1 model is also solved with each Runge–Kutta pair of `dde.ode` —
+"dopri5" (the default: Dormand–Prince with SciPy's error norm and step control), "tsit5"
+and TFP's DormandPrince ("tfp") — warm, against the same SciPy reference.
 
     python benchmarks/likelihood_ode.py [--quick] [--out benchmarks/results/likelihood_ode.json]
 
@@ -53,6 +58,7 @@ EPS = 1e-5
 TOL = 1e-5
 COLLAPSED = -50.0  # log p below this: the flow left the region the network was trained on
 MIX = dict(means=[-0.5, 1.0, 2.0], stds=[0.25, 0.25, 0.5], weights=[0.4, 0.3, 0.3])
+SOLVERS = ("dopri5", "tsit5", "tfp")
 
 
 # ------------------------------------------------------------------------------- models
@@ -207,6 +213,18 @@ def part1(n, steps, fused, seed=0):
                     "graph_tight_nfe": tight.num_function_evaluations,
                     "tight_vs_reference": error_stats(tight.log_prob, ref),
                     "tight_vs_graph": error_stats(tight.log_prob, ours)})
+        # The other Runge–Kutta solvers of dde.ode on the same problem (warm timings).
+        for solver in SOLVERS:
+            other = dde.ProbabilityFlow(flow.score, sde, eps=EPS, rtol=TOL, atol=TOL,
+                                        prior_log_prob=flow.prior_log_prob, solver=solver)
+            other.log_prob(x, batch_size=n)
+            res, t_other = timed(other.log_prob, x, batch_size=n)
+            entry = {"seconds_warm": t_other, "nfe": res.num_function_evaluations,
+                     "speedup_warm": t_ref / t_other, **error_stats(res.log_prob, ref)}
+            if model is None:
+                entry["max_err_vs_truth"] = float(np.max(np.abs(
+                    res.log_prob - score.log_prob(tf.constant(x), EPS).numpy())))
+            row[f"solver_{solver}"] = entry
         if fused:
             (_, _, nfe_fused), t_fused = timed(reference_log_prob, call, x, sde, fused=True)
             row.update({"reference_fused_seconds": t_fused, "reference_fused_nfe": nfe_fused,
@@ -229,6 +247,48 @@ def part1(n, steps, fused, seed=0):
     return rows
 
 
+def divergence_timings(model, x, repeats=5):
+    """Milliseconds of one exact divergence ∇ₓ·s of a batch x [n, d] (float64) at t = 0.5:
+    reverse mode with a vectorized Jacobian (`tape.batch_jacobian`, what dde.likelihood
+    uses) vs forward mode (`tf.autodiff.ForwardAccumulator`, the d basis tangents stacked
+    into one batch of d·n rows)."""
+    d = x.shape[1]
+    score = dde.score.as_score_fn(model)
+    t = tf.constant(0.5, tf.float64)
+    xt = tf.constant(x, tf.float64)
+
+    @tf.function
+    def reverse(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            s = tf.cast(score(x, t), x.dtype)
+        return tf.linalg.trace(tape.batch_jacobian(s, x))
+
+    @tf.function
+    def forward(x):
+        b = tf.shape(x)[0]
+        tangents = tf.repeat(tf.eye(d, dtype=x.dtype), b, axis=0)
+        x_rep = tf.tile(x, [d, 1])
+        with tf.autodiff.ForwardAccumulator(x_rep, tangents) as acc:
+            s = tf.cast(score(x_rep, t), x.dtype)
+        diag = tf.reduce_sum(acc.jvp(s) * tangents, -1)
+        return tf.reduce_sum(tf.reshape(diag, [d, b]), 0)
+
+    out = {}
+    values = {}
+    for name, fn in (("reverse", reverse), ("forward", forward)):
+        values[name] = fn(xt).numpy()
+        best = np.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(xt).numpy()
+            best = min(best, time.perf_counter() - start)
+        out[f"divergence_{name}_ms"] = 1e3 * best
+    out["divergence_forward_vs_reverse_max_abs_diff"] = float(
+        np.max(np.abs(values["forward"] - values["reverse"])))
+    return out
+
+
 def part2(dims, n, steps, seed=0):
     rows = []
     for d in dims:
@@ -247,6 +307,7 @@ def part2(dims, n, steps, seed=0):
             results[div] = res
             row[f"{div}_seconds"] = t
             row[f"{div}_nfe"] = res.num_function_evaluations
+        row.update(divergence_timings(model, x))
         diff = results["hutchinson"].log_prob - results["exact"].log_prob
         row.update({"hutchinson_bias": float(diff.mean()),
                     "hutchinson_bias_se": float(diff.std(ddof=1) / math.sqrt(n)),
@@ -294,6 +355,17 @@ def main(argv=None):
         f"{r['model']}: {r['graph_tight_seconds_first']:.1f}s, NFE {r['graph_tight_nfe']}, "
         f"max abs Δlog p vs reference {r['tight_vs_reference']['max_abs_diff_data']:.2e}, vs "
         f"in-graph at 1e-5 {r['tight_vs_graph']['max_abs_diff_data']:.2e}" for r in rows1))
+    print("\n### The solvers of dde.ode (warm, rtol = atol = 1e-5) against SciPy RK45\n")
+    print("| model | solver | s (warm) | NFE | SciPy NFE | speedup | max abs Δlog p vs SciPy "
+          "(data) | max error vs truth |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows1:
+        for solver in SOLVERS:
+            e = r[f"solver_{solver}"]
+            truth = f"{e['max_err_vs_truth']:.1e}" if "max_err_vs_truth" in e else "–"
+            print(f"| {r['model']} | {solver} | {e['seconds_warm']:.2f} | {e['nfe']} | "
+                  f"{r['reference_nfe']} | {e['speedup_warm']:.1f}× | "
+                  f"{e['max_abs_diff_data']:.1e} | {truth} |")
     exact = rows1[0]
     print(f"\nExact score, max error vs the true log-density: in-graph "
           f"{exact['graph_max_err_vs_truth']:.2e} (at 1e-6: "
@@ -301,13 +373,15 @@ def main(argv=None):
           f"{exact['reference_max_err_vs_truth']:.2e} nats.")
     print("\n### Exact vs Hutchinson divergence (3×128 score MLP, Gaussian data)\n")
     print("| d | n | exact s | NFE | Hutchinson s | NFE | time ratio | bias ± SE (nats) | "
-          "RMSE (nats) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "RMSE (nats) | one exact divergence: reverse (vectorized Jacobian) / forward mode, "
+          "ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows2:
         print(f"| {r['d']} | {r['n']} | {r['exact_seconds']:.2f} | {r['exact_nfe']} | "
               f"{r['hutchinson_seconds']:.2f} | {r['hutchinson_nfe']} | "
               f"{r['exact_over_hutchinson_time']:.1f}× | {r['hutchinson_bias']:+.3f} ± "
-              f"{r['hutchinson_bias_se']:.3f} | {r['hutchinson_rmse']:.3f} |")
+              f"{r['hutchinson_bias_se']:.3f} | {r['hutchinson_rmse']:.3f} | "
+              f"{r['divergence_reverse_ms']:.1f} / {r['divergence_forward_ms']:.1f} |")
     _io.write_json(args.out, {
         "benchmark": "likelihood_ode", "quick": args.quick, "seed": args.seed,
         "eps": EPS, "rtol": TOL, "atol": TOL,

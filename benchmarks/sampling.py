@@ -19,6 +19,11 @@ separates the samplers' error from the trained models' error.
 Speed: samples per second (chains / wall time of all steps, compilation excluded and reported
 separately) at a small and a large chain count. The eager loop is timed over its first
 `--eager-steps` steps and extrapolated linearly to the full run (its cost per step is constant).
+At scale: ULA and MALA with `--large-chains` (10,000) chains of the 8gaussians DDE, against
+this CPU's arithmetic limit (`roofline.py`: the float32 matmul peak measured in the same run;
+a Langevin step costs 2F per chain, F the network's forward pass), not only eager Python.
+The chains here start from explicit Gaussian draws (`initial_points`), not from the SMC start
+of `model.sample`: `benchmarks/sampler_weights.py` measures the weights.
 Prints markdown tables, writes JSON and one PNG of samples per data set. `--quick` trains
 for ~400 batches only: its quality figures check that the script runs, not the samplers.
 XLA compiles once per chain count (the "first call" column); the plain tf.function does not.
@@ -41,6 +46,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import dde  # noqa: E402
+import roofline  # noqa: E402
 from dde import _io  # noqa: E402
 from dde.datasets import toy  # noqa: E402
 
@@ -261,6 +267,29 @@ def run_method(method, model, nc, chains, steps, eager_steps, repeats, seed):
     return row, samples
 
 
+def arithmetic_limit_rows(model, chains, steps, seed, peak):
+    """ULA and MALA with `chains` chains of the DDE (graph, after a first call): samples/s,
+    chain-steps/s and the achieved FLOP rate against the matmul peak (`roofline`: a step
+    evaluates f and ∇ₓf, 2F per chain)."""
+    d = model.input_dim
+    flops_per_step = roofline.langevin_step_flops(d, 3, 128, chains)
+    x0 = initial_points(model, "ula", chains, seed)
+    rows = []
+    for method in ("ula", "mala"):
+        sampler = make_samplers(steps, False)[method](model)
+        sampler(model, x0, seed=seed)  # trace
+        seconds, res = timed(lambda: sampler(model, x0, seed=seed), 1)
+        total = steps + (steps // 2 if method == "mala" else 0)
+        rows.append({"method": method, "chains": chains, "total_steps": total,
+                     "seconds": seconds, "samples_per_s": chains / seconds,
+                     "chain_steps_per_s": chains * total / seconds,
+                     "flops_per_step": flops_per_step,
+                     "achieved_flops": flops_per_step * total / seconds,
+                     "fraction_of_peak": flops_per_step * total / seconds / peak,
+                     "limit_samples_per_s": chains * peak / (flops_per_step * total)})
+    return rows
+
+
 def plot(name, true, results, path):
     from matplotlib.figure import Figure
 
@@ -291,6 +320,8 @@ def main(argv=None):
                         help="Langevin steps N (default 1000; quick 300)")
     parser.add_argument("--eager-steps", type=int, default=None,
                         help="eager steps timed (default 100; quick 30)")
+    parser.add_argument("--large-chains", type=int, default=10000,
+                        help="chains of the arithmetic-limit table (default 10000; 0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/sampling.json")
     parser.add_argument("--plot-dir", default=None,
@@ -304,7 +335,8 @@ def main(argv=None):
     repeats = 1
     plot_dir = Path(args.plot_dir) if args.plot_dir else Path(args.out).parent
 
-    quality, speed, training = [], [], {}
+    quality, speed, training, limit = [], [], {}, []
+    peak = roofline.matmul_peak()["flops"] if args.large_chains else None
     for name in DATASETS:
         print(f"{name}: training DDE and NoiseConditionalDDE ...", flush=True)
         model, nc, info = train_models(name, n_train, epochs, args.seed)
@@ -328,6 +360,13 @@ def main(argv=None):
                       f"XLA {row['xla_vs_eager']:.1f}×)", flush=True)
                 if n == chains:
                     results[method] = res
+        if args.large_chains and name == DATASETS[0]:
+            for row in arithmetic_limit_rows(model, args.large_chains, steps, args.seed, peak):
+                row["data"] = name
+                limit.append(row)
+                print(f"  {row['method']:8s} chains={row['chains']}: "
+                      f"{row['samples_per_s']:,.1f} samples/s, "
+                      f"{100 * row['fraction_of_peak']:.0f} % of the matmul peak", flush=True)
         runs = dict(results)
         if name == "8gaussians":
             runs.update({f"{m} (exact p_σ)": r
@@ -367,11 +406,23 @@ def main(argv=None):
               f"{r['xla_samples_per_s']:,.1f} | {r['graph_vs_eager']:.1f}× | "
               f"{r['xla_vs_eager']:.1f}× | {r['graph_first_call_seconds']:.1f} / "
               f"{r['xla_first_call_seconds']:.1f} |")
+    if limit:
+        print(f"\n### {args.large_chains} chains against the arithmetic limit (float32 matmul "
+              f"peak {peak / 1e9:.1f} GFLOP/s; a step = 2F = f and ∇ₓf)\n")
+        print("| method | chains | steps | samples/s | chain-steps/s | GFLOP/s | limit "
+              "(samples/s at peak) | % of peak |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in limit:
+            print(f"| {r['method']} | {r['chains']} | {r['total_steps']} | "
+                  f"{r['samples_per_s']:,.1f} | {r['chain_steps_per_s']:,.0f} | "
+                  f"{r['achieved_flops'] / 1e9:.1f} | {r['limit_samples_per_s']:,.1f} | "
+                  f"{100 * r['fraction_of_peak']:.0f} % |")
     _io.write_json(args.out, {
         "benchmark": "sampling", "quick": quick, "chains": chains, "steps": steps,
         "eager_steps_timed": eager_steps, "sigma": SIGMA, "sigma_max": SIGMA_MAX,
         "num_levels": NUM_LEVELS, "network": "energy_mlp / conditional_energy_mlp depth=3 "
         "width=128 softplus", "training": training, "quality": quality, "speed": speed,
+        "arithmetic_limit": limit, "matmul_peak_flops": peak,
         "tensorflow": tf.__version__, "keras": keras.__version__,
         "machine": platform.machine(), "cpus": os.cpu_count()})
     print(f"\nwrote {args.out} and {plot_dir}/sampling_*.png")

@@ -12,8 +12,9 @@ Hutchinson–Skilling, `E[εᵀ ∂ₓs ε]` with Rademacher or Gaussian probes 
 and held fixed along it (an unbiased estimate of log p; average `num_probes` of them).
 
 The state [x, Δ] is integrated in float64 (by default; the score model runs in its own dtype)
-by `tfp.math.ode.DormandPrince` inside one `tf.function` (optionally XLA-compiled): no host
-round-trip per function evaluation. XLA drops Assert ops, so the solve is guarded in-graph: the
+by an adaptive Runge–Kutta pair (`dde.ode`: Dormand–Prince by default, Tsit5, or TFP's
+DormandPrince) inside one `tf.function` (optionally XLA-compiled): no host round-trip per
+function evaluation. XLA drops Assert ops, so the solve is guarded in-graph: the
 number of evaluations is bounded (`max_num_steps`) and non-finite derivatives are detected;
 after either the remaining derivatives are zeroed so the solver finishes, and the failure is
 raised as `ODESolverError` with the time reached. The solver's status and final time are
@@ -126,7 +127,7 @@ class ProbabilityFlow:
                  rtol: float = 1e-5, atol: float = 1e-5, num_probes: int = 1,
                  probe: str = "rademacher", eps: float = 1e-5, max_num_steps: int = 10_000,
                  dtype="float64", jit_compile: bool = False, prior_log_prob=None,
-                 weak_reference: bool = False):
+                 solver: str = "dopri5", weak_reference: bool = False):
         if sde is None:
             sde = getattr(score, "sde", None)
             if sde is None:
@@ -168,7 +169,9 @@ class ProbabilityFlow:
         self.input_dim = getattr(score, "input_dim", None)
         self._score_fn, self._score_and_div = _score_and_divergence_fn(self._get_score,
                                                                        divergence)
-        self._solver = GuardedSolver(self.rtol, self.atol, max_num_steps, self.dtype)
+        self.solver = solver
+        self._solver = GuardedSolver(self.rtol, self.atol, max_num_steps, self.dtype,
+                                     method=solver)
 
     @property
     def score(self):
@@ -204,9 +207,9 @@ class ProbabilityFlow:
         hutchinson = self.divergence == "hutchinson"
 
         def rhs(t, x, probes):
-            # The solver's last step may end beyond T (its output at T is interpolated); the
-            # right-hand side is evaluated there as it is (clamping t would put a kink into
-            # the step and spoil the interpolant).
+            # With solver="tfp" the last step may end beyond T (its output at T is
+            # interpolated); the right-hand side is evaluated there as it is (clamping t
+            # would put a kink into the step and spoil the interpolant).
             s, div_s = self._score_and_div(x, t, probes if hutchinson else None)
             g2 = tf.cast(sde.diffusion_squared(t), dtype)
             dx = sde.probability_flow_drift(x, t, s)
@@ -287,7 +290,8 @@ def probability_flow_log_prob(score_fn, sde: SDE | None, x, *, divergence: str =
                               probe: str = "rademacher", eps: float = 1e-5, seed=None,
                               batch_size: int = 4096, max_num_steps: int = 10_000,
                               dtype="float64", jit_compile: bool = False,
-                              prior_log_prob=None) -> ProbabilityFlowResult:
+                              prior_log_prob=None, solver: str = "dopri5"
+                              ) -> ProbabilityFlowResult:
     """log p_{T_ε}(x) of a score model by the probability-flow ODE.
 
     Args:
@@ -297,7 +301,10 @@ def probability_flow_log_prob(score_fn, sde: SDE | None, x, *, divergence: str =
         sde: the `SDE` (None: the score model's `sde`).
         x: data [n, d].
         divergence: "exact" (batched Jacobian trace, cost ∝ d) or "hutchinson".
-        rtol, atol: Dormand–Prince tolerances on the joint state [x, Δ].
+        rtol, atol: the solver's tolerances on the joint state [x, Δ].
+        solver: "dopri5" (Dormand–Prince 5(4), in-graph, SciPy's step control: the same
+            evaluations as SciPy's RK45 at equal tolerance), "tsit5" (Tsitouras 5(4)) or
+            "tfp" (TFP's DormandPrince; see `dde.ode.METHODS`).
         num_probes, probe: Hutchinson probes per point ("rademacher" or "gaussian"), drawn
             once per solve from `seed` and held fixed along it.
         eps: T_ε, the start time (the data end of the flow), 0 < T_ε < T.
@@ -322,7 +329,8 @@ def probability_flow_log_prob(score_fn, sde: SDE | None, x, *, divergence: str =
     settings = (("divergence", divergence), ("rtol", rtol), ("atol", atol),
                 ("num_probes", num_probes), ("probe", probe), ("eps", eps),
                 ("max_num_steps", max_num_steps), ("dtype", str(tf.as_dtype(dtype).name)),
-                ("jit_compile", bool(jit_compile)), ("prior_log_prob", prior_log_prob))
+                ("jit_compile", bool(jit_compile)), ("prior_log_prob", prior_log_prob),
+                ("solver", solver))
     if sde is None:
         sde = getattr(score_fn, "sde", None)
     try:

@@ -295,7 +295,9 @@ class ProbabilityFlowSampler(_ScoreSamplerBase):
     def _build(self, target: _Target, record: bool):
         sde = target.sde
         T, eps = sde.T, self.eps
-        solver = GuardedSolver(self.rtol, self.atol, self.max_num_steps, tf.float64)
+        # Recording many times: TFP's dense output gives them without stepping onto each.
+        solver = GuardedSolver(self.rtol, self.atol, self.max_num_steps, tf.float64,
+                               method="tfp" if record else "dopri5")
         # Integrate in r = −log t (increasing) from −log T to −log eps: dx/dr = −t f̃(x, t).
         # The solver's last step may end past its final time (the output is interpolated);
         # in r every such point is still a valid time t = e^{−r} > 0.

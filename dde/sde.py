@@ -115,6 +115,43 @@ class SDE(abc.ABC):
     def prior_logp(self, z):
         """log p_T(z) of the prior, summed over dimensions: [n, d] → [n]."""
 
+    def marginal_prior(self, x_train):
+        """log p_T for data with the moments of x_train [n, d] (an array; or a pair (mean [d],
+        covariance [d, d])): z [m, d] → [m] (float64), the density of the Gaussian
+        N(α_T m, α_T² C + σ_T² I) that x(T) follows when the data are N(m, C).
+
+        The nominal `prior_logp` ignores the data (N(0, I) for VP, N(0, σ_max² I) for VE);
+        at a point its error is of order α_T²‖m‖²/σ_T² and α_T²‖C‖/σ_T² (2–7·10⁻² nats on
+        bounded data sets for the default SDEs). This prior is exact for Gaussian data and
+        otherwise leaves only the non-Gaussian part of the data, whose effect on log p_T
+        shrinks like the fourth power of α_T·(data scale)/σ_T (third and fourth cumulants
+        of the data enter p_T at that order). Pass it as `prior_log_prob=` of
+        `dde.probability_flow_log_prob` / `dde.ProbabilityFlow`."""
+        if isinstance(x_train, tuple) and len(x_train) == 2:
+            mean, cov = (np.asarray(v, np.float64) for v in x_train)
+        else:
+            x = np.asarray(x_train, np.float64)
+            if x.ndim != 2 or len(x) < 2 or not np.isfinite(x).all():
+                raise ValueError(f"x_train must be a finite [n ≥ 2, d] array, got shape "
+                                 f"{x.shape}.")
+            mean, cov = x.mean(0), np.atleast_2d(np.cov(x, rowvar=False))
+        d = mean.shape[0]
+        if cov.shape != (d, d):
+            raise ValueError(f"The covariance must be [{d}, {d}], got {cov.shape}.")
+        alpha, std = (float(v) for v in self.marginal_coefficients(
+            tf.constant(self.T, tf.float64)))
+        total = alpha ** 2 * cov + std ** 2 * np.eye(d)
+        chol = tf.constant(np.linalg.cholesky(total), tf.float64)
+        loc = tf.constant(alpha * mean, tf.float64)
+        log_norm = -0.5 * d * math.log(2 * math.pi) - float(
+            np.sum(np.log(np.diag(chol.numpy()))))
+
+        def log_prob(z):
+            diff = tf.cast(z, tf.float64) - loc
+            u = tf.linalg.triangular_solve(chol, tf.transpose(diff), lower=True)
+            return log_norm - 0.5 * tf.reduce_sum(tf.square(u), axis=0)
+        return log_prob
+
     def diffusion_squared(self, t):
         """g(t)², the likelihood weighting λ(t) of denoising score matching (β(t) for VP)."""
         _, g = self.sde(tf.zeros([1, 1], tf.convert_to_tensor(t).dtype), t)
