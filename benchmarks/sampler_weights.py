@@ -252,8 +252,8 @@ def main(argv=None):
 
     print(f"\n### Mode weights on 8gaussians ({args.chains} chains, {args.seeds} seeds: "
           "largest error over modes and seeds)\n")
-    print("| target | model's own max mass error (IS) | sampler | max |share − model mass| | "
-          "max |share − 1/8| | seconds per run |")
+    print("| target | model's own max mass error (IS) | sampler | max abs(share − model mass) "
+          "| max abs(share − 1/8) | seconds per run |")
     print("|---|---|---|---|---|---|")
     targets = ["exact p_σ"] + list(MODELS)
     for target in targets:
@@ -266,7 +266,7 @@ def main(argv=None):
                   f"{worst(rows, 'error_vs_eighth'):.3f} | "
                   f"{np.mean([r['seconds'] for r in rows]):.1f} |")
     print("\n### Moments (errors in Monte Carlo standard errors, largest over coordinates)\n")
-    print("| target | seed | mean (SE) | variance (SE) | max |error| (SE) |")
+    print("| target | seed | mean (SE) | variance (SE) | max abs error (SE) |")
     print("|---|---|---|---|---|")
     for r in moments:
         print(f"| {r['target']} | {r['seed']} | "

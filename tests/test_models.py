@@ -165,6 +165,40 @@ def test_fit_prints_no_gradient_warnings():
     assert not [m for m in messages if "radient" in m], messages
 
 
+def test_steps_per_execution_default_trains_every_batch_and_matches_one_step(tmp_path):
+    """compile() without steps_per_execution runs 16 steps per execution, training every
+    batch (1,351 rows at batch 64: 22 steps per epoch, the last execution short) with the
+    same noise and updates as one step per execution (equal weights); a per-batch callback
+    (NoiseStdSchedule) gets one step per execution; a saved model keeps the choice."""
+    from dde.training import DEFAULT_STEPS_PER_EXECUTION
+
+    x = np.random.default_rng(0).normal(size=(1351, 2)).astype("float32")
+
+    def trained(**compile_options):
+        keras.utils.set_random_seed(0)
+        model = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=2, width=16),
+                                              noise_std=0.3, seed=0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), **compile_options)
+        model.fit(x, batch_size=64, epochs=2, verbose=0, shuffle=False)
+        return model
+
+    auto, single = trained(), trained(steps_per_execution=1)
+    assert auto.steps_per_execution == DEFAULT_STEPS_PER_EXECUTION == 16
+    assert single.steps_per_execution == 1
+    assert int(auto.optimizer.iterations) == int(single.optimizer.iterations) == 2 * 22
+    for a, b in zip(auto.get_weights(), single.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    auto.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").get_compile_config()[
+        "steps_per_execution"] is None
+    scheduled = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=2, width=16),
+                                              noise_std=0.3, seed=0)
+    scheduled.fit(x, batch_size=64, epochs=1, verbose=0, callbacks=[
+        dde.NoiseStdSchedule(factor=0.5, every_n_batches=4, min_noise_std=0.001)])
+    assert scheduled.steps_per_execution == 1
+    assert float(scheduled.noise_std.numpy()) == pytest.approx(0.3 * 0.5 ** 5, rel=1e-6)
+
+
 def test_noise_schedule_decays_to_floor_and_is_saved(tmp_path):
     model = small_model(noise_std=0.4)
     model.compile(optimizer="adam")
