@@ -197,7 +197,22 @@ class EnergyModel(DSMModel):
         """A normalized density close to exp f at noise level `noise_std`: the base (smoothed
         at that σ when `smooth_base`) of a base-density model, else N(data_mean, data_cov) of
         the training data (a float64 `tfd.Distribution`), or None without training
-        statistics. The default proposal of normalization and the start of sampling chains."""
+        statistics. The default proposal of normalization and the start of sampling chains.
+        The same σ and statistics give the same object, so compiled estimators and samplers
+        that take it are reused across calls."""
+        if not self.built:
+            return self._make_default_proposal(noise_std)
+        key = (self._base_noise_std(noise_std) if self.base is not None else None,
+               self.data_mean.numpy().tobytes(), self.data_cov.numpy().tobytes(),
+               self.whiten_matrix.numpy().tobytes() if self.whiten else b"")
+        cache = self.__dict__.setdefault("_proposals", {})
+        if key not in cache:
+            if len(cache) > 8:  # statistics changed repeatedly: keep the cache small
+                cache.clear()
+            cache[key] = self._make_default_proposal(noise_std)
+        return cache[key]
+
+    def _make_default_proposal(self, noise_std=None):
         if self.base is not None:
             q = self.base.as_distribution(self._base_noise_std(noise_std))
             if not self.whiten:

@@ -1,9 +1,10 @@
 """One guarded adaptive ODE solve, used by the probability-flow likelihood
 (`dde.likelihood`) and the probability-flow sampler (`dde.score_sampling`).
 
-`GuardedSolver` integrates `dy/dt = ode_fn(t, y)` (any nest of tensors) with TFP's
-Dormand–Prince 5(4) inside the caller's `tf.function` (optionally XLA-compiled): no host
-round-trip per evaluation. XLA drops Assert ops, so the solve is guarded in-graph by a
+`GuardedSolver` integrates `dy/dt = ode_fn(t, y)` (any nest of tensors) with an embedded
+Runge–Kutta 5(4) pair — Dormand–Prince (default) or Tsit5 with SciPy's step control
+(`embedded_rk_solve`), or TFP's DormandPrince — inside the caller's `tf.function`
+(optionally XLA-compiled): no host round-trip per evaluation. XLA drops Assert ops, so the solve is guarded in-graph by a
 `SolveGuard`: the number of right-hand-side evaluations is bounded and non-finite
 derivatives are detected; after either, the remaining derivatives are zeroed so that the
 solver finishes quickly, and `check` raises `ODESolverError` with the time reached and an
@@ -241,7 +242,9 @@ def embedded_rk_solve(ode_fn, t0, y0, solution_times, tableau: Tableau, rtol, at
         t_end = t_end_all[i]
 
         def cond(t, y, f, h, n, rejected, t_end=t_end):
-            return t < t_end
+            # A step size that is not positive and finite (NaN errors, underflow) ends the
+            # loop short of t_end, which `GuardedSolver.check` reports.
+            return (t < t_end) & (h > 0) & tf.math.is_finite(h)
 
         def body(t, y, f, h, n, rejected, t_end=t_end):
             last = t + h >= t_end - 1e-12 * tf.abs(t_end)
@@ -305,8 +308,7 @@ class GuardedSolver:
             states, evaluations, t = embedded_rk_solve(
                 self.guard.wrap(ode_fn), t0, y0, solution_times, METHODS[self.method],
                 self.rtol, self.atol)
-            return ODESolution(states, evaluations, tf.constant(0, tf.int32),
-                               tf.cast(solution_times, t.dtype)[-1], t)
+            return ODESolution(states, evaluations, tf.constant(0, tf.int32), t, t)
         results = self._solver.solve(self.guard.wrap(ode_fn), t0, y0,
                                      solution_times=solution_times)
         return ODESolution(results.states, results.diagnostics.num_ode_fn_evaluations,

@@ -76,7 +76,10 @@ trajectory: [num_steps // thin, n_ok, d] saved states (after steps thin, 2·thin
 acceptance_rate: fraction of accepted MALA proposals after burn-in (None for ULA / annealed).
 num_diverged: number of chains dropped because their state became NaN or infinite.
 step_size: the step size h (MALA: after adaptation; annealed: at the smallest noise level).
-diagnostics: a dict of further details (annealed with refinement: the MALA step size), or None.
+diagnostics: a dict of further details, or None: "init" (how `model.sample` drew the starting
+    points: method, and for SMC log Ẑ, temperatures, ESS), with a trajectory of ≥ 4 states
+    "ess" / "rhat" [d] and "min_ess" / "max_rhat" (`chain_diagnostics`), for annealed
+    sampling with refinement "refine_step_size".
 """
 
 #: The salt of the samplers' seed stream (see `dde._validation.sanitize_seed`).
@@ -924,8 +927,9 @@ def _initial_points(model, n, init, rng, inflation, progress=False):
     `default_proposal()` q convolved with N(0, inflation·I); "resample": importance
     resampling — 20·n draws from q, systematically resampled by exp(f − log q); "smc":
     a population carried from q to exp f by tempered SMC (`dde.smc.tempered_smc`), so the
-    chains start with the right mode masses. Without training statistics (no q): N(0,
-    (1 + inflation) I) with a warning."""
+    chains start with the right mode masses. "smc" and "resample" need n ≥ 2 (one chain
+    starts from q) and fall back to q with a RuntimeWarning when they fail. Without training
+    statistics (no q): N(0, (1 + inflation) I) with a warning."""
     dtype = model.compute_dtype
     d = _model_dim(model)
     if init is not None and not isinstance(init, str):
@@ -948,19 +952,26 @@ def _initial_points(model, n, init, rng, inflation, progress=False):
         x0 = rng.standard_normal((n, d)) * np.sqrt(1.0 + inflation)
         return x0.astype(dtype), None
     seed = rng.integers(2**31 - 1, size=2)
-    if init == "smc" and n >= 2:
-        res = smc.tempered_smc(partition.model_log_density_fn(model), proposal, n, seed=seed, progress=progress)
-        start = {"method": "smc", "log_z": res.log_z, "num_temperatures":
-                 len(res.temperatures) - 1, "min_ess": float(np.min(res.ess)),
-                 "acceptance_rate": res.acceptance_rate}
-        return res.samples.astype(dtype), start
-    if init == "resample" and n >= 2:
-        draws = np.asarray(proposal.sample(20 * n, seed=tf.constant(seed, tf.int32)))
-        log_w = (np.asarray(model.log_density(draws.astype(dtype)), np.float64).reshape(-1)
-                 - np.asarray(proposal.log_prob(draws), np.float64))
-        index = smc.systematic_resample(log_w, rng)
-        return draws[index].astype(dtype), {"method": "resample",
-                                            "ess": smc.effective_sample_size(log_w)}
+    try:
+        if init == "smc" and n >= 2:
+            res = smc.tempered_smc(partition.model_log_density_fn(model), proposal, n,
+                                   seed=seed, progress=progress)
+            start = {"method": "smc", "log_z": res.log_z, "num_temperatures":
+                     len(res.temperatures) - 1, "min_ess": float(np.min(res.ess)),
+                     "acceptance_rate": res.acceptance_rate}
+            return res.samples.astype(dtype), start
+        if init == "resample" and n >= 2:
+            draws = np.asarray(proposal.sample(20 * n, seed=tf.constant(seed, tf.int32)))
+            log_w = (np.asarray(model.log_density(draws.astype(dtype)),
+                                np.float64).reshape(-1)
+                     - np.asarray(proposal.log_prob(draws), np.float64))
+            index = smc.systematic_resample(log_w, rng)
+            return draws[index].astype(dtype), {"method": "resample",
+                                                "ess": smc.effective_sample_size(log_w)}
+    except (RuntimeError, ValueError) as err:  # the model is far from its proposal
+        warnings.warn(f"init={init!r} failed ({err}); the chains start from the proposal "
+                      "instead, and their mode weights may then be wrong.", RuntimeWarning,
+                      stacklevel=3)
     x0 = np.asarray(proposal.sample(n, seed=tf.constant(seed, tf.int32)), dtype=np.float64)
     x0 = x0 + np.sqrt(inflation) * rng.standard_normal((n, d))
     return x0.astype(dtype), {"method": "proposal"}

@@ -299,8 +299,8 @@ class ProbabilityFlowSampler(_ScoreSamplerBase):
         solver = GuardedSolver(self.rtol, self.atol, self.max_num_steps, tf.float64,
                                method="tfp" if record else "dopri5")
         # Integrate in r = −log t (increasing) from −log T to −log eps: dx/dr = −t f̃(x, t).
-        # The solver's last step may end past its final time (the output is interpolated);
-        # in r every such point is still a valid time t = e^{−r} > 0.
+        # With TFP's solver the last step may end past its final time (the output is
+        # interpolated); in r every such point is still a valid time t = e^{−r} > 0.
         if record:
             r_times = -np.log(np.linspace(T, eps, self.num_saved))
         else:

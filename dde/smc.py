@@ -19,9 +19,10 @@ starting from x_i ~ q (the proposal). At each temperature:
 
 At β = 1 the population is an equally weighted sample of exp f/Z: the fraction of particles
 in a mode estimates the mode's mass, with an error that shrinks as 1/sqrt(n) when the
-moves mix within modes. As a by-product, log Ẑ = Σ_k log( (1/n) Σ_i w_i^{(k)} ) (unbiased in
-Z). The number of temperatures grows with the divergence between q and exp f (about
-log(n)·KL / log(1/target_ess) in the worst case); `max_temperatures` bounds it.
+moves mix within modes. As a by-product, log Ẑ = Σ_k log( (1/n) Σ_i w_i^{(k)} ), consistent
+as n grows (with fixed temperatures Ẑ would be unbiased; chosen from the particles
+themselves, it is not exactly). The number of temperatures grows with the divergence between
+q and exp f; `max_temperatures` bounds it.
 
 `tempered_smc(log_density_fn, proposal, n, seed=...)` → `SMCResults`. `model.sample(...,
 init="smc")` (the default for ULA and MALA) starts its chains from such a population.
@@ -88,7 +89,11 @@ def systematic_resample(log_w, rng) -> np.ndarray:
     i is copied ⌊n w̄_i⌋ or ⌈n w̄_i⌉ times (w̄ the normalized weights), the lowest-variance
     unbiased scheme of the standard ones."""
     log_w = np.where(np.isnan(log_w), -np.inf, np.asarray(log_w, np.float64))
-    w = np.exp(log_w - np.max(log_w))
+    top = np.max(log_w)
+    if not np.isfinite(top):
+        raise ValueError("Cannot resample: no particle has a finite positive weight (every "
+                         f"log-weight is −inf or NaN, or one is +inf; largest {top}).")
+    w = np.exp(log_w - top)
     cdf = np.cumsum(w / w.sum())
     n = len(log_w)
     u = (rng.uniform() + np.arange(n)) / n
@@ -125,6 +130,8 @@ def tempered_smc(log_density_fn, proposal, n: int, seed=None, kernel: str = "hmc
     check_positive(num_moves, "num_moves", integer=True)
     check_positive(num_leapfrog_steps, "num_leapfrog_steps", integer=True)
     check_positive(max_temperatures, "max_temperatures", integer=True)
+    if kernel not in ("hmc", "mala"):
+        raise ValueError(f"kernel must be 'hmc' or 'mala', got {kernel!r}.")
     if not 0.0 < target_ess < 1.0:
         raise ValueError(f"target_ess must be in (0, 1), got {target_ess}.")
     d = event_size(proposal)

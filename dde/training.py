@@ -28,6 +28,8 @@ implement `ensure_built(input_dim)`; the DSM models call `_init_training(seed)` 
 """
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -139,15 +141,20 @@ DEFAULT_STEPS_PER_EXECUTION = 16
 
 def has_batch_hooks(callbacks) -> bool:
     """Whether any callback (other than Keras's History and progress bar, which work per
-    execution) acts on single training batches; such callbacks need one step per
-    execution to see every batch."""
+    execution) acts on single training batches — by a method of its class or, as
+    `LambdaCallback` does, of the instance; such callbacks need one step per execution to
+    see every batch. callbacks: a list or a `keras.callbacks.CallbackList`."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = callbacks.callbacks
     base = keras.callbacks.Callback
     hooks = ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end")
-    for cb in callbacks:
+    for cb in callbacks or []:
         if isinstance(cb, (keras.callbacks.History, keras.callbacks.ProgbarLogger)):
             continue
-        if any(getattr(type(cb), h, None) is not getattr(base, h) for h in hooks):
-            return True
+        for h in hooks:
+            method = getattr(cb, h, None)
+            if getattr(method, "__func__", method) is not getattr(base, h):
+                return True
     return False
 
 
@@ -184,8 +191,11 @@ class BuiltinLossModel(keras.Model):
         if auto and getattr(self, "_compile_config", None) is not None:
             self._compile_config.config["steps_per_execution"] = None  # saved as "auto"
 
-    def _choose_steps_per_execution(self, callbacks):
-        """Set steps_per_execution for this `fit` (when compiled with None)."""
+    def _choose_steps_per_execution(self, callbacks=(), step_counts=()):
+        """Set steps_per_execution for this `fit` / `evaluate` (when compiled with None):
+        DEFAULT_STEPS_PER_EXECUTION, reduced to a divisor of every given step count
+        (steps_per_epoch, validation_steps, steps: Keras runs whole executions, so 16 steps
+        per execution would overshoot 10 steps per epoch), or 1 (see the class)."""
         if not getattr(self, "_auto_steps_per_execution", False):
             return
         # Under a tf.distribute strategy Keras's multi-step loop fails on the distributed
@@ -194,6 +204,9 @@ class BuiltinLossModel(keras.Model):
             self.distribute_strategy, type(tf.distribute.get_strategy()))
         steps = (1 if distributed or has_batch_hooks(callbacks)
                  else DEFAULT_STEPS_PER_EXECUTION)
+        for count in step_counts:
+            if count is not None:
+                steps = math.gcd(steps, int(count))
         if steps != self.steps_per_execution:
             self.steps_per_execution = steps
             self.train_function = self.test_function = self.predict_function = None
@@ -289,7 +302,8 @@ class BuiltinLossModel(keras.Model):
             kwargs.setdefault("shuffle", False)  # datasets shuffle themselves
         if not self.compiled:
             self.compile(optimizer="adam")
-        self._choose_steps_per_execution(callbacks)
+        self._choose_steps_per_execution(callbacks, (given.get("steps_per_epoch"),
+                                                     given.get("validation_steps")))
         return super().fit(x, y, *args, validation_data=validation_data, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
@@ -297,6 +311,11 @@ class BuiltinLossModel(keras.Model):
         if not kwargs.get("_use_cached_eval_dataset", False):
             x, d = self._check_fit_input(x, "x")
             self._build_for(d)
+            if self.compiled:
+                given = {**dict(zip(("batch_size", "verbose", "sample_weight", "steps"),
+                                    args)), **kwargs}
+                self._choose_steps_per_execution(kwargs.get("callbacks"),
+                                                 (given.get("steps"),))
         self._on_evaluate()
         return super().evaluate(x, y, *args, **kwargs)
 

@@ -197,6 +197,20 @@ def test_steps_per_execution_default_trains_every_batch_and_matches_one_step(tmp
         dde.NoiseStdSchedule(factor=0.5, every_n_batches=4, min_noise_std=0.001)])
     assert scheduled.steps_per_execution == 1
     assert float(scheduled.noise_std.numpy()) == pytest.approx(0.3 * 0.5 ** 5, rel=1e-6)
+    # A LambdaCallback's per-batch hook (set on the instance) sees every batch.
+    seen = []
+    hooked = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=2, width=16), seed=0)
+    hooked.fit(x, batch_size=64, epochs=1, verbose=0, callbacks=keras.callbacks.CallbackList(
+        [keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: seen.append(b))],
+        add_history=True, model=hooked))
+    assert seen == list(range(22)) and hooked.steps_per_execution == 1
+    # Given step counts are never overshot: 10 steps per epoch train 10 steps, 3 evaluate 3.
+    counted = dde.DenoisingDensityEstimator(dde.nets.energy_mlp(2, depth=2, width=16), seed=0)
+    data = tf.data.Dataset.from_tensor_slices(x).batch(64).repeat()
+    counted.fit(data, steps_per_epoch=10, epochs=3, verbose=0)
+    assert int(counted.optimizer.iterations) == 30 and counted.steps_per_execution == 2
+    counted.evaluate(data, steps=3, verbose=0)
+    assert int(counted._eval_step.numpy()) == 3
 
 
 def test_noise_schedule_decays_to_floor_and_is_saved(tmp_path):

@@ -47,6 +47,18 @@ def test_tableaus_are_consistent(tableau):
     assert sum(tableau.b) == pytest.approx(1.0, abs=1e-12)
     assert sum(tableau.e) == pytest.approx(0.0, abs=1e-12)
     assert tuple(tableau.b[:-1]) == tuple(tableau.a[-1])
+    # Quadrature order conditions Σ b_i c_i^k = 1/(k+1): k ≤ 4 for the fifth-order b, k ≤ 3
+    # for the embedded fourth-order b̂; and Σ b_i a_ij c_j = 1/6.
+    c, b = np.array(tableau.c), np.array(tableau.b)
+    b_hat = b - np.array(tableau.e)
+    for k in range(5):
+        assert np.dot(b, c ** k) == pytest.approx(1 / (k + 1), abs=1e-10)
+    for k in range(4):
+        assert np.dot(b_hat, c ** k) == pytest.approx(1 / (k + 1), abs=1e-10)
+    a = np.zeros((len(c), len(c)))
+    for i, row in enumerate(tableau.a, start=1):
+        a[i, :len(row)] = row
+    assert b @ a @ c == pytest.approx(1 / 6, abs=1e-10)
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5"])

@@ -74,9 +74,14 @@ def test_systematic_resampling_copies_each_particle_floor_or_ceil_times():
         counts = np.bincount(index, minlength=37)
         assert counts.sum() == 37
         assert np.all(counts >= np.floor(37 * w) - 1e-9) and np.all(counts <= np.ceil(37 * w))
-    # Zero-weight (−inf, NaN) particles are never copied.
+    # Zero-weight (−inf, NaN) particles are never copied; no usable weight is an error.
     log_w = np.array([0.0, -np.inf, np.nan, 0.0])
     assert set(smc.systematic_resample(log_w, rng)) <= {0, 3}
+    for bad in ([-np.inf, np.nan], [0.0, np.inf]):
+        with pytest.raises(ValueError, match="no particle"):
+            smc.systematic_resample(np.array(bad), rng)
+    with pytest.raises(ValueError, match="kernel"):
+        smc.tempered_smc(mixture_log_prob, broad_proposal(), 10, kernel="ula")
 
 
 def test_next_temperature_keeps_the_effective_sample_size():
@@ -153,6 +158,8 @@ def test_mala_moments_on_an_exact_gaussian_energy():
 def test_init_options_and_their_errors():
     net = GaussianNetwork()
     model = exact_dde(net, net.MEAN, net.COV)
+    # One proposal object per statistics, so SMC's compiled moves are reused across calls.
+    assert model.default_proposal() is model.default_proposal()
     res = model.sample(500, method="mala", num_steps=20, seed=0, init="resample",
                        return_results=True)
     assert res.diagnostics["init"]["method"] == "resample"
