@@ -21,15 +21,11 @@ import numpy as np  # noqa: E402
 
 import dde  # noqa: E402
 from dde import _io  # noqa: E402
-from sampling import EIGHT_CENTRES, EIGHT_STD, SIGMA, eight_gaussians_log_prob  # noqa: E402
+from sampler_weights import shares  # noqa: E402
+from sampling import EIGHT_STD, SIGMA, eight_gaussians_log_prob  # noqa: E402
 
 SETTINGS = [(0.5, "hmc", 2), (0.9, "hmc", 2), (0.9, "hmc", 3), (0.95, "hmc", 5),
             (0.9, "mala", 10)]
-
-
-def shares(x):
-    nearest = np.linalg.norm(x[:, None] - EIGHT_CENTRES[None], axis=-1).argmin(1)
-    return np.bincount(nearest, minlength=8) / len(x)
 
 
 def main(argv=None):

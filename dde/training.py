@@ -134,8 +134,8 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
 #: Training steps per call of the compiled train function when `compile` is not given
 #: `steps_per_execution`: one host round trip per 16 steps instead of per step. On this
-#: project's 2-core reference machine `fit` of a 3×128 energy MLP then runs 1.3–1.45× faster
-#: (the compiled step alone is the limit; `benchmarks/train_throughput.py`).
+#: project's 2-core reference machine `fit` of a 3×128 energy MLP then runs 1.1–1.25×
+#: faster at d ≤ 20 (no gain at d = 100; `benchmarks/train_throughput.py`).
 DEFAULT_STEPS_PER_EXECUTION = 16
 
 
@@ -166,8 +166,7 @@ class BuiltinLossModel(keras.Model):
     training steps per execution, or one when a callback acts on single batches (e.g.
     `NoiseStdSchedule`) or under a `tf.distribute` strategy; an explicit value is used as
     given. `jit_compile="auto"` is Keras's
-    (no XLA on a CPU-only machine, where XLA's training step measured 0.44–1.04× the
-    graph's here)."""
+    (no XLA on a CPU-only machine, where XLA's `fit` measured 0.57–1.11× the graph's here)."""
 
     #: Named in the error raised by `compile(loss=...)`.
     loss_description = "built-in"
@@ -200,7 +199,7 @@ class BuiltinLossModel(keras.Model):
             return
         # Under a tf.distribute strategy Keras's multi-step loop fails on the distributed
         # iterator (Keras 3.15): one step per execution there.
-        distributed = tf.distribute.has_strategy() or num_replicas() > 1 or not isinstance(
+        distributed = tf.distribute.has_strategy() or not isinstance(
             self.distribute_strategy, type(tf.distribute.get_strategy()))
         steps = (1 if distributed or has_batch_hooks(callbacks)
                  else DEFAULT_STEPS_PER_EXECUTION)
