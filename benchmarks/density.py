@@ -34,9 +34,10 @@ the reported number):
   annthyroid (`flows_dev.py`, benchmarks/README.md);
 - DDE: a base-density `dde.DenoisingDensityEstimator`, f = log q + g. Bases: a Gaussian
   mixture (`dde.bases.fit_mixture_base`, components by validation log-likelihood), used as
-  is and smoothed at σ = 0.1 (covariances + σ²I) (the RQ-NSF peer's trained flow is a
-  further base, `dde_bases`, off by default: each training step draws from the base, and an
-  autoregressive flow draws in d passes, ≈ 9× a mixture's cost at d = 4). The
+  is and smoothed at σ = 0.1 (covariances + σ²I), and the RQ-NSF peer's trained flow (a
+  `dde.bases.FlowBase`; drawing from an autoregressive flow takes d passes, so its training
+  base batches come from a pool of `dde_base_pool` draws made once, `base_pool_size`, and
+  the validation draws are made once per candidate and reused at every evaluation). The
   residual g is `dde.nets.residual_energy_mlp` (3 × 128 swish, |g| < 3, last layer zero:
   the untrained model is its base), trained by maximum likelihood under the base with the
   ESS penalty 0.3·log(M/ESS) (Adam, learning rate 3e-3 with cosine decay over 15,000
@@ -119,13 +120,13 @@ class Budget:
     learning_rate: float = 1e-3
     # The DDE: f = log q + g, q a base density fitted first (dde.bases), g a bounded residual
     # network trained by maximum likelihood under q with the χ² (ESS) penalty.
-    # ("flow": the RQ-NSF peer's flow as the base — off by default: drawing its samples at
-    # every step costs ≈ 9× a mixture's at d = 4 on this machine, and more with d)
-    dde_bases: list = field(default_factory=lambda: ["gmm"])
+    # ("flow": the RQ-NSF peer's trained flow as the base, when RQ-NSF ran)
+    dde_bases: list = field(default_factory=lambda: ["gmm", "flow"])
     dde_base_smoothings: list = field(default_factory=lambda: [0.0, 0.1])  # mixture base only
-    # The flow base only up to this d: each training step draws base samples, and drawing
-    # from an autoregressive flow takes d passes through every layer.
-    dde_flow_base_max_dim: int = 16
+    # The flow base's training base batches come from a pool of this many draws (drawing
+    # from an autoregressive flow takes d passes through every layer: 5.6 ms per draw at
+    # d = 64 on this machine, against microseconds for a mixture).
+    dde_base_pool: int = 32_768
     dde_depth: int = 3
     dde_width: int = 128
     dde_bound: float = 3.0          # |g| < 3 (UpperBound "tanh")
@@ -154,7 +155,7 @@ class Budget:
                    maf_max_steps=30, maf_patience=3, nsf_layers=2, nsf_hidden=[16, 16],
                    nsf_bins=4, nsf_max_steps=30, nsf_patience=3, flow_batch_size=64,
                    batch_size=64,
-                   dde_base_smoothings=[0.0], dde_depth=2, dde_width=16, dde_max_steps=60,
+                   dde_base_smoothings=[0.0], dde_base_pool=1024, dde_depth=2, dde_width=16, dde_max_steps=60,
                    dde_eval_every=20, dde_patience=2, dde_min_steps=20, dde_base_batch=128,
                    dde_eval_samples=2000, final_is_samples=4000,
                    final_ais_chains=32, final_ais_steps=10, score_max_steps=30,
@@ -453,7 +454,7 @@ def train_dde(splits, base, smoothing: float, budget: Budget, seed: int, label: 
     import tensorflow as tf
 
     import dde
-    from dde import nets
+    from dde import bases, nets
 
     d = splits.dim
     keras.utils.set_random_seed(seed)
@@ -462,7 +463,8 @@ def train_dde(splits, base, smoothing: float, budget: Budget, seed: int, label: 
                                  bound=budget.dde_bound, bound_kind="tanh"),
         noise_std=smoothing if smoothing > 0 else 0.1, base=base,
         smooth_base=smoothing > 0, objective="likelihood", ess_penalty=budget.dde_ess_penalty,
-        num_base_samples=budget.dde_base_batch, seed=seed)
+        num_base_samples=budget.dde_base_batch, seed=seed,
+        base_pool_size=budget.dde_base_pool if isinstance(base, bases.FlowBase) else None)
     model.ensure_built(d)
     model.set_data_statistics(splits.train)
     selector = dde.ValidationLogLikelihood(splits.validation,
@@ -502,15 +504,13 @@ def train_dde(splits, base, smoothing: float, budget: Budget, seed: int, label: 
 def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
     """Base-density DDEs (`train_dde`) on each base of `dde_bases` (a Gaussian mixture,
     unsmoothed and smoothed at each of `dde_base_smoothings`; the RQ-NSF peer's flow when it
-    ran and d ≤ `dde_flow_base_max_dim`), the candidate with the best validation ALL kept; its test results under two
+    ran), the candidate with the best validation ALL kept; its test results under two
     independent normalizations: importance sampling under its base with `final_is_samples`
     ("DDE (IS)", the training data as reference samples of the coverage check) and AIS from
     the base (HMC, `final_ais_chains` × `final_ais_steps`, "DDE (AIS)"). Their difference in
     combined standard errors is the agreement column; a row is unreliable when its own
     estimate is (k̂, ESS, coverage), when ESS < 100, or when the two differ by > 3·SE."""
     flow = (context or {}).get("RQ-NSF")
-    if splits.dim > budget.dde_flow_base_max_dim:
-        flow = None
     t0 = time.perf_counter()
     candidates, best = [], None
     for kind in budget.dde_bases:

@@ -11,7 +11,10 @@ validation average log-likelihood (ALL), so that Keras' own callbacks select on 
 
 The normalization is stored in the model's variables (`model.log_z`, …), so the weights that
 EarlyStopping restores come with their own log Ẑ. Cheap for a base-density model, whose
-default proposal is its base: importance sampling with weights exp g.
+default proposal is its base: importance sampling with weights exp g, on the base draws of
+the first epoch, kept (`dde.partition.model_proposal_draws`) — the same samples the fixed
+seed would draw again, without the cost of drawing (d passes per draw of an autoregressive
+flow base).
 """
 from __future__ import annotations
 
@@ -31,7 +34,9 @@ class ValidationLogLikelihood(keras.callbacks.Callback):
 
     log Ẑ is `model.normalize(num_samples=num_samples, seed=seed, **normalize_options)`
     (default: importance sampling under the model's default proposal; the same seed at every
-    epoch, so that epochs are compared on common random numbers). Also logged: `val_log_z`,
+    epoch, so that epochs are compared on common random numbers — with the default proposal
+    and method the draws are made once and reused while the proposal stays the same). Also
+    logged: `val_log_z`,
     `val_log_z_stderr`, `val_ess`, `val_pareto_k` and `val_all_reliable` (1/0). An estimate
     that `dde.partition` marks unreliable (k̂ or ESS) logs `val_all = −inf`: a log Ẑ biased
     low would make that epoch look best. `history` keeps one dict per epoch.
@@ -45,15 +50,30 @@ class ValidationLogLikelihood(keras.callbacks.Callback):
         self.seed = seed
         self.normalize_options = normalize_options
         self.history: list[dict] = []
+        self._draws = None  # (proposal, draws) of the default proposal, made once
+
+    def _reused_draws(self) -> dict:
+        """normalize options that reuse the default proposal's draws (empty when the options
+        choose another method or proposal, or the model has no default proposal)."""
+        opts = self.normalize_options
+        if (opts.get("method", "is") != "is" or opts.get("proposal", "default") != "default"
+                or opts.get("x_train") is not None or getattr(self.model, "base", None) is None):
+            return {}
+        proposal = self.model.default_proposal(opts.get("noise_std"))
+        if self._draws is None or self._draws[0] is not proposal:
+            self._draws = partition.model_proposal_draws(
+                self.model, self.num_samples, self.seed, opts.get("noise_std"),
+                opts.get("batch_size"))
+        return {"proposal": self._draws[0], "draws": self._draws[1]}
 
     def evaluate(self) -> dict:
         """Normalize the model (stored in it) and return the logged values."""
         model = self.model
+        options = {**self.normalize_options, **self._reused_draws()}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", partition.UnreliableEstimateWarning)
             warnings.simplefilter("ignore", partition.LowEffectiveSampleSizeWarning)
-            z = model.normalize(num_samples=self.num_samples, seed=self.seed,
-                                **self.normalize_options)
+            z = model.normalize(num_samples=self.num_samples, seed=self.seed, **options)
         mean_f = float(np.mean(model.log_density(self.x_val).astype(np.float64)))
         val_all = mean_f - z.log_z if z.reliable else -math.inf
         return {"val_all": val_all, "val_log_z": z.log_z, "val_log_z_stderr": z.stderr,

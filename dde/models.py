@@ -31,7 +31,10 @@ the negative log-likelihood of the batch up to the O(1/M) bias of the in-batch l
     log(M/ESS) = log mean_j w_j² − 2 log mean_j w_j  ≥ 0   (= log(1 + χ²(p_f ‖ q)) in expectation),
 
 which keeps the model close enough to its base for importance sampling under q to stay
-efficient (0 for g constant, e.g. the untrained model).
+efficient (0 for g constant, e.g. the untrained model). `base_pool_size` P: the y_j come from a
+pool of P base draws made at the start of every `fit` (`refresh_base_pool`) instead of fresh
+draws — for a base that is expensive to sample, such as an autoregressive flow (d passes per
+draw); normalization still draws the base itself.
 
 **Whitening** (`whiten=True`): the model works in whitened coordinates u = W(x − m), W = L⁻¹
 with LLᵀ the training data's covariance (fixed at the first `fit` or `set_data_statistics`):
@@ -56,11 +59,24 @@ import dde.sampling as sampling
 import dde.bases as bases
 from dde._cache import compiled_function, weak
 from dde._tensors import as_column
-from dde._validation import check_data, check_positive
+from dde._validation import check_data, check_positive, sanitize_seed
 from dde.export import export_density
 from dde.training import DSMModel, first_component, mean_and_covariance, weighted_mean
 
 _INFERENCE_BATCH = 8192
+#: The salt of the seed stream of the base pool (see `dde._validation.sanitize_seed`).
+BASE_POOL_SALT = 7
+
+
+class _BasePool:
+    """The pool of base draws of `EnergyModel.refresh_base_pool`: a plain holder, so that
+    the pool is neither a Keras weight (saved) nor tracked by TensorFlow (exported)."""
+
+    __slots__ = ("samples", "draws")
+
+    def __init__(self):
+        self.samples = None  # tf.Variable [P, d] once drawn
+        self.draws = 0
 #: The largest |log Ẑ| stored. Beyond it float32 energies resolve log-densities f − log Ẑ
 #: only to 2⁻²⁴·|log Ẑ| > 0.06 nats, and such a value only arises from energies far off scale.
 MAX_ABS_LOG_Z = 1e6
@@ -86,7 +102,7 @@ class EnergyModel(DSMModel):
     def __init__(self, network, seed: int | None = None, base=None, smooth_base: bool = True,
                  objective: str = "dsm", dsm_weight: float = 0.0,
                  num_base_samples: int | None = None, ess_penalty: float = 0.0,
-                 whiten: bool = False, **kwargs):
+                 whiten: bool = False, base_pool_size: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(network, keras.layers.Layer):
             raise TypeError(f"network must be a Keras layer or model, got {type(network)!r}.")
@@ -109,6 +125,16 @@ class EnergyModel(DSMModel):
         if num_base_samples is not None:
             check_positive(num_base_samples, "num_base_samples", integer=True)
         self.num_base_samples = num_base_samples
+        if base_pool_size is not None:
+            check_positive(base_pool_size, "base_pool_size", integer=True)
+            if self.base is None:
+                raise ValueError("base_pool_size keeps draws of a base density: pass base= "
+                                 "(see dde.bases).")
+            if smooth_base:
+                raise ValueError("base_pool_size draws the base once per fit, at no noise "
+                                 "level: pass smooth_base=False.")
+        self.base_pool_size = base_pool_size
+        self._base_pool = _BasePool()
         self.ess_penalty = float(check_positive(ess_penalty, "ess_penalty", allow_zero=True))
         if self.ess_penalty > 0 and self.base is None:
             raise ValueError("ess_penalty penalizes the importance weights under a base "
@@ -345,9 +371,16 @@ class EnergyModel(DSMModel):
     def base_batch_residuals(self, m, seed, dtype=tf.float32, training=False):
         """g(y_j) [m] at m draws y_j ~ q_σ (the base, smoothed at the model's σ when
         `smooth_base`; in whitened coordinates with whitening) from `seed` (tensor level):
-        log-weights of importance sampling under the base."""
+        log-weights of importance sampling under the base. With `base_pool_size`, the y_j
+        are m rows (uniform, with replacement) of the pool of base draws `fit` made."""
         sigma = tf.cast(self.resolve_noise_std_tensor(), dtype)
-        y = tf.cast(self.base.sample(m, seed, sigma if self.smooth_base else None), dtype)
+        pool = self._base_pool.samples
+        if pool is not None:
+            rows = tf.random.stateless_uniform(tf.reshape(m, [1]), seed, 0, tf.shape(pool)[0],
+                                               dtype=tf.int32)
+            y = tf.cast(tf.gather(pool, rows), dtype)
+        else:
+            y = tf.cast(self.base.sample(m, seed, sigma if self.smooth_base else None), dtype)
         return self._residual(y, tf.fill([tf.shape(y)[0], 1], sigma), training=training)
 
     def likelihood_loss(self, x, seed, sample_weight=None, training=False, g_y=None):
@@ -436,9 +469,41 @@ class EnergyModel(DSMModel):
 
     def _on_fit_data(self, x):
         """`fit` stores the training data's mean and covariance (`data_mean`, `data_cov`)
-        and, with whiten=True, sets the whitening from them."""
+        and, with whiten=True, sets the whitening from them; with `base_pool_size` it
+        draws the pool of base samples (`refresh_base_pool`)."""
         self.set_data_statistics(x)
         self._require_whitening()
+        self.refresh_base_pool()
+
+    def refresh_base_pool(self, batch_size: int = 8192):
+        """Draw `base_pool_size` samples of the base [P, d] (in the model's coordinates)
+        that the training loss's base batches are taken from, instead of drawing the base at
+        every step — for bases that are expensive to sample (an autoregressive flow takes d
+        passes per draw). A new pool at every call (`fit` calls it), from the model's seed
+        and a count of the pools drawn. The pool is no weight: it is not saved. Each base
+        batch is an independent uniform draw from the pool, so the in-batch log Ẑ estimates
+        E_pool[exp g], which tends to E_q[exp g] as P grows; normalization
+        (`normalize`, `dde.ValidationLogLikelihood`) draws the base itself, independently of
+        the pool, so a residual fitted to the pool's points shows on validation data."""
+        if self.base_pool_size is None:
+            return
+        pool = self._base_pool
+        seed = sanitize_seed(self.seed, BASE_POOL_SALT)
+        seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64),
+                                                        pool.draws)
+        pool.draws += 1
+        draw = tf.function(lambda n, s: self.base.sample(n, s, None), reduce_retracing=True)
+        n = self.base_pool_size
+        parts = [draw(tf.constant(min(batch_size, n - i), tf.int32),
+                      tf.random.experimental.stateless_fold_in(seed, i // batch_size))
+                 for i in range(0, n, batch_size)]
+        samples = tf.cast(tf.concat(parts, 0), self.compute_dtype)
+        if not bool(tf.reduce_all(tf.math.is_finite(samples))):
+            raise ValueError("The base produced non-finite samples for the pool.")
+        if pool.samples is None or pool.samples.shape != samples.shape:
+            pool.samples = tf.Variable(samples, trainable=False, name="base_pool")
+        else:
+            pool.samples.assign(samples)
 
     # -------------------------------------------------------------------------- NumPy level
     def _check_query(self, x, name="x"):
@@ -603,6 +668,7 @@ class EnergyModel(DSMModel):
             config["base"] = keras.saving.serialize_keras_object(self.base)
         config.update(smooth_base=self.smooth_base, objective=self.objective,
                       dsm_weight=self.dsm_weight, num_base_samples=self.num_base_samples,
+                      base_pool_size=self.base_pool_size,
                       ess_penalty=self.ess_penalty, whiten=self.whiten)
         return config
 

@@ -272,3 +272,100 @@ def test_training_that_diverges_stops_with_an_error_naming_the_step(two_clusters
     model.compile(optimizer=keras.optimizers.SGD(1e30))
     with pytest.raises(NonFiniteTrainingError, match=r"by step \d+ \(epoch \d+\)"):
         model.fit(two_clusters, epochs=5, batch_size=64, verbose=0)
+
+
+# ------------------------------------------------------------------------ the base pool
+def _pooled_model(base, pool_size, **kwargs):
+    return dde.DenoisingDensityEstimator(
+        nets.residual_energy_mlp(2, 2, 64, activation="swish", bound=5.0, bound_kind="tanh"),
+        noise_std=0.1, base=base, smooth_base=False, objective="likelihood",
+        ess_penalty=0.3, num_base_samples=512, base_pool_size=pool_size, seed=0, **kwargs)
+
+
+def test_the_base_pool_holds_base_draws_and_feeds_every_base_batch(two_clusters, tmp_path):
+    """`fit` draws base_pool_size base samples (a new pool per fit, from the seed); a base
+    batch is made of pool rows only (with a pool of one point every residual equals g at
+    that point); the pool is not saved, the option is; a pool without a base, or with a
+    smoothed base, is a ValueError."""
+    base = _mixture_base(two_clusters)
+    model = _pooled_model(base, 4096)
+    model.compile(optimizer="adam")
+    model.fit(two_clusters, epochs=1, batch_size=100, verbose=0)
+    pool = model._base_pool.samples.numpy()
+    assert pool.shape == (4096, 2) and np.isfinite(pool).all()
+    # the pool is base draws: its mean and covariance are the base's within sampling error
+    mean, cov = two_clusters[:400].mean(0), np.cov(two_clusters[:400].T)
+    mix_mean = np.einsum("k,kd->d", np.exp(base.log_weights.numpy()), base.means.numpy())
+    assert np.all(np.abs(pool.mean(0) - mix_mean) < 5 * np.sqrt(np.diag(cov) / 4096)), mean
+    model.fit(two_clusters, epochs=1, batch_size=100, verbose=0)
+    assert not np.array_equal(model._base_pool.samples.numpy(), pool)  # redrawn per fit
+    one = _pooled_model(base, 1)
+    one.compile(optimizer="adam")
+    one.fit(two_clusters[:100], epochs=1, batch_size=100, verbose=0)
+    point = one._base_pool.samples.numpy()
+    g = one.base_batch_residuals(64, tf.constant([1, 2], tf.int32)).numpy()
+    g_point = (one.log_density(point) - base.log_prob(tf.constant(point)).numpy())[0]
+    np.testing.assert_allclose(g, np.full(64, g_point), rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "pooled.keras")
+    loaded = keras.models.load_model(tmp_path / "pooled.keras")
+    assert loaded.base_pool_size == 4096 and loaded._base_pool.samples is None
+    np.testing.assert_array_equal(loaded.log_density(two_clusters[:16]),
+                                  model.log_density(two_clusters[:16]))
+    with pytest.raises(ValueError, match="base="):
+        dde.DenoisingDensityEstimator(nets.energy_mlp(2, 2, 16), base_pool_size=10)
+    with pytest.raises(ValueError, match="smooth_base=False"):
+        dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16), base=base,
+                                      base_pool_size=10)
+
+
+def test_a_dde_trained_on_a_base_pool_beats_its_base_like_one_on_fresh_draws():
+    """8gaussians, as the test above: training on a pool of 16,384 base draws (each step's
+    512 base samples drawn from it) gains ≥ 0.5 nats of test ALL over the single-Gaussian
+    base, with log Ẑ from fresh base draws. Measured with this seed: base −4.26, pooled
+    −3.15 (fresh draws, the test above: −3.05); deterministic on one machine (chance
+    failure: none), the margin 2.2× the threshold."""
+    x = dde.datasets.toy.sample("8gaussians", 6000, seed=0).astype(np.float32)
+    train, val, test = x[:4000], x[4000:5000], x[5000:6000]
+    base = bases.fit_gaussian_base(train)
+    base_all = float(np.mean(base.log_prob(tf.constant(test))))
+    keras.utils.set_random_seed(0)
+    model = _pooled_model(base, 16_384)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    data = tf.data.Dataset.from_tensor_slices(train).shuffle(4000, seed=0).repeat().batch(256)
+    selector = dde.ValidationLogLikelihood(val, num_samples=20_000)
+    model.fit(data, epochs=6, steps_per_epoch=250, verbose=0, callbacks=[
+        selector, keras.callbacks.EarlyStopping("val_all", mode="max", patience=3,
+                                                restore_best_weights=True)])
+    r = model.normalize(num_samples=100_000, seed=5)
+    test_all = float(np.mean(model.log_density(test))) - r.log_z
+    assert r.reliable and test_all > base_all + 0.5, (test_all, base_all)
+
+
+def test_validation_reuses_the_base_draws_with_the_estimates_of_fresh_ones(two_clusters):
+    """ValidationLogLikelihood draws the default proposal once and reuses the draws: its
+    log Ẑ equals `normalize` with the same seed (which draws again) to float precision, at
+    every epoch; `model_proposal_draws` + `draws=` is that same estimate."""
+    base = _mixture_base(two_clusters)
+    model = _pooled_model(base, 2048)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    selector = dde.ValidationLogLikelihood(two_clusters[400:], num_samples=5000, seed=4)
+    fresh = []
+
+    class Fresh(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            fresh.append(self.model.normalize(num_samples=5000, seed=4).log_z)
+
+    model.fit(two_clusters[:400], epochs=3, batch_size=100, verbose=0,
+              callbacks=[selector, Fresh()])
+    logged = [h["val_log_z"] for h in selector.history]
+    np.testing.assert_allclose(logged, fresh, rtol=0, atol=1e-12)
+    assert len(set(np.round(logged, 9))) == 3  # the model changed between epochs
+    q, draws = dde.partition.model_proposal_draws(model, 5000, 4)
+    assert selector._draws[0] is q  # the memoized default proposal
+    again = model.normalize(num_samples=5000, seed=4, proposal=q, draws=draws)
+    assert again.log_z == pytest.approx(fresh[-1], abs=1e-12)
+    assert again.diagnostics["given_draws"]
+    with pytest.raises(ValueError, match="5000 samples"):
+        model.normalize(num_samples=4000, seed=4, proposal=q, draws=draws)
+    with pytest.raises(ValueError, match="method='is'"):
+        model.normalize(method="ais", num_samples=5000, proposal=q, draws=draws)

@@ -36,7 +36,9 @@ from dde.partition.estimate import (
     estimate_log_partition,
     estimate_model_log_partition,
     model_log_density_fn,
+    model_proposal_draws,
 )
+from dde.partition.importance import proposal_draws
 from dde.partition.proposals import (
     PROPOSALS,
     SmoothedEmpiricalDistribution,
@@ -76,6 +78,8 @@ __all__ = [
     "importance_statistics",
     "make_proposal",
     "model_log_density_fn",
+    "model_proposal_draws",
+    "proposal_draws",
     "smoothed_empirical_proposal",
     "student_t_proposal",
 ]

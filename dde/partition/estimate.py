@@ -19,7 +19,7 @@ from dde._cache import expected_retracing
 from dde._registry import Registry
 from dde._validation import check_data, check_finite_results, check_positive, sanitize_seed
 from dde.partition.ais import annealed_importance_sampling
-from dde.partition.importance import importance_sampling
+from dde.partition.importance import check_draws, importance_sampling, proposal_draws
 from dde.partition.proposals import event_size, make_proposal, proposal_option_names
 from dde.partition.results import (AverageLogLikelihood, LogPartitionResult,
                                    UnreliableEstimateWarning)
@@ -47,7 +47,7 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
                            nan_policy: str = "raise", min_ess: float = 100.0,
                            on_low_ess: str = "warn", jit_compile: bool = False,
                            reference_samples=None, coverage_test: str = "ks",
-                           **ais_options) -> LogPartitionResult:
+                           draws=None, **ais_options) -> LogPartitionResult:
     """Estimate log Z = log ∫ exp f(x) dx by importance sampling or AIS.
 
     log_density_fn: f, a TensorFlow-traceable callable [batch, d] → [batch] (any float dtype;
@@ -78,6 +78,10 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
     coverage_test: "ks" (exact draws of the target: a two-sample test of their weights
         against the importance-weighted proposal sample) or "beyond_max" (approximate draws,
         such as training data: only draws beyond the largest proposal weight count).
+    draws (IS): (samples [M, d], log q [M]) of this proposal from
+        `proposal_draws(proposal, M, sanitize_seed(seed, SEED_SALT), batch_size)` — the
+        estimate is then the one `seed` gives, without drawing again (`seed` is recorded
+        only).
     ais_options (method="ais"): num_steps=200 (K temperatures), schedule="sigmoid" ("linear",
         "geometric" or an increasing array from 0 to 1; see `ais_schedule`), kernel="hmc"
         ("mala", or a callable make_kernel(target_fn, step_size) returning a `dde.mcmc`
@@ -116,12 +120,16 @@ def estimate_log_partition(log_density_fn, proposal, num_samples: int, batch_siz
                          f"{coverage_test!r}.")
     if method == "is" and ais_options:
         raise TypeError(f"Unexpected options for method='is': {sorted(ais_options)}.")
+    if draws is not None:
+        if method != "is":
+            raise ValueError("draws are importance-sampling draws: use method='is'.")
+        draws = check_draws(draws, int(num_samples), d, proposal.dtype)
     with expected_retracing():
         if method == "is":
             result = estimator(log_density_fn, proposal, int(num_samples), int(batch_size),
                                seed, progress, nan_policy, jit_compile, min_ess=min_ess,
                                reference_samples=reference_samples,
-                               coverage_test=coverage_test)
+                               coverage_test=coverage_test, draws=draws)
         else:
             result = estimator(log_density_fn, proposal, d, int(num_samples), int(batch_size),
                                seed, progress, nan_policy, jit_compile, min_ess=min_ess,
@@ -247,6 +255,28 @@ def estimate_model_log_partition(model, x_train=None, method: str = "is",
         diagnostics.update({legacy_name: popts[name] for legacy_name, name
                             in _LEGACY_PROPOSAL_KEYWORDS.items() if name in popts})
     return dataclasses.replace(result, diagnostics=diagnostics)
+
+
+def model_proposal_draws(model, num_samples: int | None = None, seed=None,
+                         noise_std: float | None = None, batch_size: int | None = None):
+    """(proposal, draws) for repeated importance-sampling estimates of one energy model's
+    log Ẑ: the model's default proposal (its base, smoothed at its σ when `smooth_base`) and
+    its `num_samples` draws with log q, exactly those `model.normalize(num_samples=,
+    seed=, batch_size=)` would draw. `model.normalize(proposal=proposal, draws=draws, ...)`
+    then gives that estimate for the model's current weights without drawing again (how
+    `dde.ValidationLogLikelihood` evaluates every epoch on the same samples). Needs a model
+    with a base or training statistics."""
+    check_model(model)
+    proposal = model.default_proposal(noise_std)
+    if proposal is None:
+        raise ValueError(f"This {type(model).__name__} has no default proposal (no base and "
+                         "no training statistics): fit it first.")
+    num_samples = DEFAULT_NUM_SAMPLES["is"] if num_samples is None else num_samples
+    batch_size = DEFAULT_BATCH_SIZE["is"] if batch_size is None else batch_size
+    check_positive(num_samples, "num_samples", integer=True)
+    check_positive(batch_size, "batch_size", integer=True)
+    seed_arr = sanitize_seed(model.seed if seed is None else seed, SEED_SALT)
+    return proposal, proposal_draws(proposal, int(num_samples), seed_arr, int(batch_size))
 
 
 def average_log_likelihood(model, x_test, noise_std: float | None = None,

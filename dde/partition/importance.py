@@ -6,6 +6,11 @@ in batches, each folded into the running weight statistics of `dde.partition.wei
 (memory O(batch), whatever M). The batch step is compiled once per (log_density_fn, proposal)
 and cached while both live, so repeated estimates (other seeds or sample sizes) do not trace
 again.
+
+`proposal_draws(proposal, m, seed, batch_size)` draws the same samples, with their log q,
+once: passed back as `draws=`, estimates of changing energies (a model during training) reuse
+them (common random numbers) without drawing again — the cost that dominates when sampling q
+is expensive, as for an autoregressive flow (d passes per draw).
 """
 from __future__ import annotations
 
@@ -48,21 +53,79 @@ def _is_step(log_density_fn, proposal, jit_compile):
                              companions=(proposal,))
 
 
+def _given_draws_step(log_density_fn, jit_compile):
+    """The compiled batch step (state, x, log q(x)) → state for given proposal draws."""
+    get_f = weak(log_density_fn)
+
+    def build():
+        @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+        def step(state, x, log_q):
+            log_w = as_log_density(get_f(), x) - log_q
+            return stats_update(state, log_w), log_w
+        return step
+
+    return compiled_function(log_density_fn, ("importance_given_draws", bool(jit_compile)),
+                             build)
+
+
+def _batch_seed(seed, b):
+    return tf.cast(tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64), b),
+                   tf.int32)
+
+
+def proposal_draws(proposal, m: int, seed, batch_size: int = 8192):
+    """(x [m, d] in the proposal's dtype, log q(x) [m] float64): the m draws of `proposal` that
+    `importance_sampling` with the same (m, seed, batch_size) uses (seed: int64 [2], after
+    `sanitize_seed`), to pass back as `draws=`."""
+    @tf.function(reduce_retracing=True)
+    def draw(batch_seed, n):
+        x = proposal.sample(n, seed=batch_seed)
+        return x, tf.cast(proposal.log_prob(x), tf.float64)
+
+    parts = [draw(_batch_seed(seed, b), tf.constant(min(batch_size, m - b * batch_size),
+                                                    tf.int32))
+             for b in range(-(-m // batch_size))]
+    return tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0)
+
+
+def check_draws(draws, m: int, d: int, dtype):
+    """draws = (x [m, d] as `dtype`, log q [m] float64) tensors, or a ValueError naming the
+    mismatch."""
+    if not (isinstance(draws, (tuple, list)) and len(draws) == 2):
+        raise TypeError("draws must be a pair (samples [M, d], log q [M]) from "
+                        "dde.partition.proposal_draws.")
+    x = tf.cast(tf.convert_to_tensor(draws[0]), dtype)
+    log_q = tf.cast(tf.convert_to_tensor(draws[1]), tf.float64)
+    if x.shape.rank != 2 or x.shape[1] != d or log_q.shape != (x.shape[0],):
+        raise ValueError(f"draws must be samples [M, {d}] and log q [M]; got shapes "
+                         f"{x.shape} and {log_q.shape}.")
+    if x.shape[0] != m:
+        raise ValueError(f"num_samples is {m} but draws hold {x.shape[0]} samples.")
+    return x, log_q
+
+
 def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress, nan_policy,
                         jit_compile, min_ess=100.0, reference_samples=None,
-                        coverage_test="ks") -> LogPartitionResult:
-    """IS estimate of log Z from M = m samples of `proposal` (seed: int64 [2]); see
+                        coverage_test="ks", draws=None) -> LogPartitionResult:
+    """IS estimate of log Z from M = m samples of `proposal` (seed: int64 [2]), or from the
+    given `draws` (x, log q(x)) of it (`proposal_draws`); see
     `dde.partition.estimate_log_partition` for the arguments."""
-    step = _is_step(log_density_fn, proposal, jit_compile)
-    base = tf.constant(seed, tf.int64)
+    if draws is None:
+        step = _is_step(log_density_fn, proposal, jit_compile)
+    else:
+        x_all, log_q_all = draws
+        given_step = _given_draws_step(log_density_fn, jit_compile)
     num_batches = -(-m // batch_size)
     bar = progress_bar(num_batches, "batch", progress)
     state = stats_init(pareto_tail_size(m) + 1)
     kept = []
     for b in range(num_batches):
         n = min(batch_size, m - b * batch_size)
-        batch_seed = tf.random.experimental.stateless_fold_in(base, b)
-        state, log_w = step(state, tf.cast(batch_seed, tf.int32), tf.constant(n, tf.int32))
+        if draws is None:
+            state, log_w = step(state, _batch_seed(seed, b), tf.constant(n, tf.int32))
+        else:
+            rows = slice(b * batch_size, b * batch_size + n)
+            state, log_w = given_step(state, x_all[rows], log_q_all[rows])
         if reference_samples is not None:  # the coverage test needs every weight
             kept.append(log_w.numpy())
         if bar is not None:
@@ -79,7 +142,8 @@ def importance_sampling(log_density_fn, proposal, m, batch_size, seed, progress,
                                num_evaluations=summary.num_samples,
                                diagnostics={"proposal": proposal.name,
                                             "batch_size": batch_size,
-                                            "coverage_test": coverage_test})
+                                            "coverage_test": coverage_test,
+                                            "given_draws": draws is not None})
 
 
 def result_from_summary(summary, method, seed, min_ess, replicate_stderr=float("nan"),
