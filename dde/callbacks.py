@@ -50,7 +50,8 @@ class ValidationLogLikelihood(keras.callbacks.Callback):
         self.seed = seed
         self.normalize_options = normalize_options
         self.history: list[dict] = []
-        self._draws = None  # (proposal, draws) of the default proposal, made once
+        #: (proposal, draws) of the default proposal once drawn (`_reused_draws`), else None
+        self.proposal_draws = None
 
     def _reused_draws(self) -> dict:
         """normalize options that reuse the default proposal's draws (empty when the options
@@ -60,11 +61,11 @@ class ValidationLogLikelihood(keras.callbacks.Callback):
                 or opts.get("x_train") is not None or getattr(self.model, "base", None) is None):
             return {}
         proposal = self.model.default_proposal(opts.get("noise_std"))
-        if self._draws is None or self._draws[0] is not proposal:
-            self._draws = partition.model_proposal_draws(
+        if self.proposal_draws is None or self.proposal_draws[0] is not proposal:
+            self.proposal_draws = partition.model_proposal_draws(
                 self.model, self.num_samples, self.seed, opts.get("noise_std"),
                 opts.get("batch_size"))
-        return {"proposal": self._draws[0], "draws": self._draws[1]}
+        return {"proposal": self.proposal_draws[0], "draws": self.proposal_draws[1]}
 
     def evaluate(self) -> dict:
         """Normalize the model (stored in it) and return the logged values."""

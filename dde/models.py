@@ -475,6 +475,12 @@ class EnergyModel(DSMModel):
         self._require_whitening()
         self.refresh_base_pool()
 
+    @property
+    def base_pool(self):
+        """The pool of base draws [P, d] of the last `fit` (a tf.Variable), or None (no
+        `base_pool_size`, or not fitted since construction or loading)."""
+        return self._base_pool.samples
+
     def refresh_base_pool(self, batch_size: int = 8192):
         """Draw `base_pool_size` samples of the base [P, d] (in the model's coordinates)
         that the training loss's base batches are taken from, instead of drawing the base at

@@ -291,24 +291,24 @@ def test_the_base_pool_holds_base_draws_and_feeds_every_base_batch(two_clusters,
     model = _pooled_model(base, 4096)
     model.compile(optimizer="adam")
     model.fit(two_clusters, epochs=1, batch_size=100, verbose=0)
-    pool = model._base_pool.samples.numpy()
+    pool = model.base_pool.numpy()
     assert pool.shape == (4096, 2) and np.isfinite(pool).all()
     # the pool is base draws: its mean and covariance are the base's within sampling error
     mean, cov = two_clusters[:400].mean(0), np.cov(two_clusters[:400].T)
     mix_mean = np.einsum("k,kd->d", np.exp(base.log_weights.numpy()), base.means.numpy())
     assert np.all(np.abs(pool.mean(0) - mix_mean) < 5 * np.sqrt(np.diag(cov) / 4096)), mean
     model.fit(two_clusters, epochs=1, batch_size=100, verbose=0)
-    assert not np.array_equal(model._base_pool.samples.numpy(), pool)  # redrawn per fit
+    assert not np.array_equal(model.base_pool.numpy(), pool)  # redrawn per fit
     one = _pooled_model(base, 1)
     one.compile(optimizer="adam")
     one.fit(two_clusters[:100], epochs=1, batch_size=100, verbose=0)
-    point = one._base_pool.samples.numpy()
+    point = one.base_pool.numpy()
     g = one.base_batch_residuals(64, tf.constant([1, 2], tf.int32)).numpy()
     g_point = (one.log_density(point) - base.log_prob(tf.constant(point)).numpy())[0]
     np.testing.assert_allclose(g, np.full(64, g_point), rtol=1e-5, atol=1e-5)
     model.save(tmp_path / "pooled.keras")
     loaded = keras.models.load_model(tmp_path / "pooled.keras")
-    assert loaded.base_pool_size == 4096 and loaded._base_pool.samples is None
+    assert loaded.base_pool_size == 4096 and loaded.base_pool is None
     np.testing.assert_array_equal(loaded.log_density(two_clusters[:16]),
                                   model.log_density(two_clusters[:16]))
     with pytest.raises(ValueError, match="base="):
@@ -361,7 +361,7 @@ def test_validation_reuses_the_base_draws_with_the_estimates_of_fresh_ones(two_c
     np.testing.assert_allclose(logged, fresh, rtol=0, atol=1e-12)
     assert len(set(np.round(logged, 9))) == 3  # the model changed between epochs
     q, draws = dde.partition.model_proposal_draws(model, 5000, 4)
-    assert selector._draws[0] is q  # the memoized default proposal
+    assert selector.proposal_draws[0] is q  # the memoized default proposal
     again = model.normalize(num_samples=5000, seed=4, proposal=q, draws=draws)
     assert again.log_z == pytest.approx(fresh[-1], abs=1e-12)
     assert again.diagnostics["given_draws"]

@@ -121,3 +121,29 @@ def test_flow_base_in_a_base_density_model_round_trips(tmp_path):
     np.testing.assert_array_equal(loaded.log_density(x), model.log_density(x))
     with pytest.raises(ValueError, match="smooth_base=False"):
         dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 1, 8), base=flow)
+
+
+def test_a_flow_base_trains_from_its_pool_with_the_flow_frozen():
+    """A likelihood-objective DDE on a flow base with `base_pool_size`: `fit` draws the pool
+    from the flow (its log-density is finite there), trains g only (the flow's weights
+    are unchanged) and the loss is finite."""
+    import keras
+
+    import dde
+    from dde import flows, nets
+
+    flow = flows.neural_spline_flow(2, num_layers=2, hidden_units=(16,), seed=0)
+    flow.ensure_built(2)
+    before = [v.numpy().copy() for v in flow.weights]
+    model = dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 1, 8), base=flow,
+                                          smooth_base=False, objective="likelihood",
+                                          num_base_samples=64, base_pool_size=512, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    x = np.random.default_rng(2).normal(size=(256, 2)).astype("float32")
+    history = model.fit(x, epochs=2, batch_size=64, verbose=0)
+    pool = model.base_pool.numpy()
+    assert pool.shape == (512, 2)
+    assert np.isfinite(flow.log_prob(pool)).all()
+    assert np.isfinite(history.history["loss"]).all()
+    for b, v in zip(before, flow.weights):
+        np.testing.assert_array_equal(v.numpy(), b)
