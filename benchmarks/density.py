@@ -124,8 +124,7 @@ class Budget:
     dde_bases: list = field(default_factory=lambda: ["gmm", "flow"])
     dde_base_smoothings: list = field(default_factory=lambda: [0.0, 0.1])  # mixture base only
     # The flow base's training base batches come from a pool of this many draws (drawing
-    # from an autoregressive flow takes d passes through every layer: 5.6 ms per draw at
-    # d = 64 on this machine, against microseconds for a mixture).
+    # from an autoregressive flow takes d passes through every layer).
     dde_base_pool: int = 32_768
     dde_depth: int = 3
     dde_width: int = 128

@@ -11,10 +11,11 @@ validation average log-likelihood (ALL), so that Keras' own callbacks select on 
 
 The normalization is stored in the model's variables (`model.log_z`, …), so the weights that
 EarlyStopping restores come with their own log Ẑ. Cheap for a base-density model, whose
-default proposal is its base: importance sampling with weights exp g, on the base draws of
-the first epoch, kept (`dde.partition.model_proposal_draws`) — the same samples the fixed
-seed would draw again, without the cost of drawing (d passes per draw of an autoregressive
-flow base).
+default proposal is its base: importance sampling with weights exp g, on base draws made at
+the first evaluation and kept while the proposal is unchanged (`dde.partition.
+model_proposal_draws`; drawn again when σ or the base changes) — the samples the fixed seed
+would draw again, without the cost of drawing (d passes per draw of an autoregressive flow
+base).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ class ValidationLogLikelihood(keras.callbacks.Callback):
         choose another method or proposal, or the model has no default proposal)."""
         opts = self.normalize_options
         if (opts.get("method", "is") != "is" or opts.get("proposal", "default") != "default"
-                or opts.get("x_train") is not None or getattr(self.model, "base", None) is None):
+                or opts.get("x_train") is not None or opts.get("jit_compile")
+                or getattr(self.model, "base", None) is None):
             return {}
         proposal = self.model.default_proposal(opts.get("noise_std"))
         if self.proposal_draws is None or self.proposal_draws[0] is not proposal:

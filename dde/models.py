@@ -133,7 +133,11 @@ class EnergyModel(DSMModel):
             if smooth_base:
                 raise ValueError("base_pool_size draws the base once per fit, at no noise "
                                  "level: pass smooth_base=False.")
-        self.base_pool_size = base_pool_size
+            if objective != "likelihood" and not ess_penalty:
+                raise ValueError("base_pool_size feeds the base batches of "
+                                 "objective='likelihood' or ess_penalty > 0; this model "
+                                 "draws none.")
+        self._base_pool_size = base_pool_size
         self._base_pool = _BasePool()
         self.ess_penalty = float(check_positive(ess_penalty, "ess_penalty", allow_zero=True))
         if self.ess_penalty > 0 and self.base is None:
@@ -224,11 +228,12 @@ class EnergyModel(DSMModel):
         at that σ when `smooth_base`) of a base-density model, else N(data_mean, data_cov) of
         the training data (a float64 `tfd.Distribution`), or None without training
         statistics. The default proposal of normalization and the start of sampling chains.
-        The same σ and statistics give the same object, so compiled estimators and samplers
-        that take it are reused across calls."""
+        The same σ, statistics and base parameters give the same object, so compiled
+        estimators and samplers that take it are reused across calls."""
         if not self.built:
             return self._make_default_proposal(noise_std)
         key = (self._base_noise_std(noise_std) if self.base is not None else None,
+               self._base_fingerprint(),
                self.data_mean.numpy().tobytes(), self.data_cov.numpy().tobytes(),
                self.whiten_matrix.numpy().tobytes() if self.whiten else b"")
         cache = self.__dict__.setdefault("_proposals", {})
@@ -237,6 +242,16 @@ class EnergyModel(DSMModel):
                 cache.clear()
             cache[key] = self._make_default_proposal(noise_std)
         return cache[key]
+
+    def _base_fingerprint(self):
+        """The base's parameters as bytes (its identity for a base without weights): a
+        default proposal is reused only while they are unchanged."""
+        if self.base is None:
+            return b""
+        weights = getattr(self.base, "weights", None)
+        if weights is None:
+            return id(self.base)
+        return b"".join(np.asarray(v.numpy()).tobytes() for v in weights)
 
     def _make_default_proposal(self, noise_std=None):
         if self.base is not None:
@@ -476,6 +491,11 @@ class EnergyModel(DSMModel):
         self.refresh_base_pool()
 
     @property
+    def base_pool_size(self) -> int | None:
+        """P, the number of base draws in the training pool (None: fresh draws per step)."""
+        return self._base_pool_size
+
+    @property
     def base_pool(self):
         """The pool of base draws [P, d] of the last `fit` (a tf.Variable), or None (no
         `base_pool_size`, or not fitted since construction or loading)."""
@@ -486,7 +506,8 @@ class EnergyModel(DSMModel):
         that the training loss's base batches are taken from, instead of drawing the base at
         every step — for bases that are expensive to sample (an autoregressive flow takes d
         passes per draw). A new pool at every call (`fit` calls it), from the model's seed
-        and a count of the pools drawn. The pool is no weight: it is not saved. Each base
+        and a count of the pools drawn in this session (a loaded model counts from 0
+        again). The pool is no weight: it is not saved. Each base
         batch is an independent uniform draw from the pool, so the in-batch log Ẑ estimates
         E_pool[exp g], which tends to E_q[exp g] as P grows; normalization
         (`normalize`, `dde.ValidationLogLikelihood`) draws the base itself, independently of
@@ -498,7 +519,12 @@ class EnergyModel(DSMModel):
         seed = tf.random.experimental.stateless_fold_in(tf.constant(seed, tf.int64),
                                                         pool.draws)
         pool.draws += 1
-        draw = tf.function(lambda n, s: self.base.sample(n, s, None), reduce_retracing=True)
+
+        def build():
+            return tf.function(lambda n, s: self.base.sample(n, s, None),
+                               reduce_retracing=True)
+
+        draw = compiled_function(self, "base_pool_draw", build, companions=(self.base,))
         n = self.base_pool_size
         parts = [draw(tf.constant(min(batch_size, n - i), tf.int32),
                       tf.random.experimental.stateless_fold_in(seed, i // batch_size))
@@ -507,7 +533,10 @@ class EnergyModel(DSMModel):
         if not bool(tf.reduce_all(tf.math.is_finite(samples))):
             raise ValueError("The base produced non-finite samples for the pool.")
         if pool.samples is None or pool.samples.shape != samples.shape:
-            pool.samples = tf.Variable(samples, trainable=False, name="base_pool")
+            with self.distribute_strategy.scope():
+                pool.samples = tf.Variable(samples, trainable=False, name="base_pool")
+            # compiled steps read the pool when traced: trace them again with this one
+            self.train_function = self.test_function = self.predict_function = None
         else:
             pool.samples.assign(samples)
 

@@ -293,10 +293,14 @@ def test_the_base_pool_holds_base_draws_and_feeds_every_base_batch(two_clusters,
     model.fit(two_clusters, epochs=1, batch_size=100, verbose=0)
     pool = model.base_pool.numpy()
     assert pool.shape == (4096, 2) and np.isfinite(pool).all()
-    # the pool is base draws: its mean and covariance are the base's within sampling error
-    mean, cov = two_clusters[:400].mean(0), np.cov(two_clusters[:400].T)
-    mix_mean = np.einsum("k,kd->d", np.exp(base.log_weights.numpy()), base.means.numpy())
-    assert np.all(np.abs(pool.mean(0) - mix_mean) < 5 * np.sqrt(np.diag(cov) / 4096)), mean
+    # the pool is base draws: its mean is the base's within 5 standard errors (a chance
+    # failure about 6e-7 per coordinate)
+    w, mu = np.exp(base.log_weights.numpy()), base.means.numpy()
+    mix_mean = w @ mu
+    mix_cov = (np.einsum("k,kij->ij", w, base.covariances())
+               + np.einsum("k,ki,kj->ij", w, mu - mix_mean, mu - mix_mean))
+    se = np.sqrt(np.diag(mix_cov) / 4096)
+    assert np.all(np.abs(pool.mean(0) - mix_mean) < 5 * se), (pool.mean(0), mix_mean)
     model.fit(two_clusters, epochs=1, batch_size=100, verbose=0)
     assert not np.array_equal(model.base_pool.numpy(), pool)  # redrawn per fit
     one = _pooled_model(base, 1)
@@ -316,6 +320,48 @@ def test_the_base_pool_holds_base_draws_and_feeds_every_base_batch(two_clusters,
     with pytest.raises(ValueError, match="smooth_base=False"):
         dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16), base=base,
                                       base_pool_size=10)
+    with pytest.raises(ValueError, match="draws none"):
+        dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 16), base=base,
+                                      smooth_base=False, base_pool_size=10)
+
+
+def test_a_step_traced_before_the_pool_is_traced_again_with_it(two_clusters):
+    """`evaluate` before the first `fit` traces the loss without a pool; `fit` then draws
+    the pool and the steps are traced again, so base batches come from it: with a pool of
+    one point the in-batch residuals all equal g there. A whitened mixture base moves to
+    whitened coordinates before the pool is drawn (the pool's mean is the moved base's)."""
+    base = _mixture_base(two_clusters)
+    one = _pooled_model(base, 1)
+    one.compile(optimizer="adam")
+    one.ensure_built(2)
+    one.set_data_statistics(two_clusters)
+    one.evaluate(two_clusters[:100], batch_size=100, verbose=0)
+    assert one.base_pool is None and one.test_function is not None
+    one.fit(two_clusters[:100], epochs=1, batch_size=100, verbose=0)
+    rng = np.random.default_rng(0)
+    for v in one.network.trainable_weights:  # a residual of order one
+        v.assign(0.5 * rng.normal(size=v.shape))
+    point = one.base_pool.numpy()
+    x = two_clusters[:100]
+    g_x = one.log_density(x).astype(np.float64) - base.log_prob(tf.constant(x)).numpy()
+    g_point = (one.log_density(point) - base.log_prob(tf.constant(point)).numpy())[0]
+    # every base batch is the pool's one point: loss −mean g(x) + g(point), ESS penalty 0
+    loss = one.evaluate(x, batch_size=100, verbose=0)
+    assert loss == pytest.approx(-g_x.mean() + g_point, abs=1e-4)
+    y = base.sample(512, tf.constant([5, 6], tf.int64)).numpy().astype(np.float32)
+    g_y = one.log_density(y).astype(np.float64) - base.log_prob(tf.constant(y)).numpy()
+    fresh = -g_x.mean() + np.log(np.mean(np.exp(g_y)))  # what a step without the pool sees
+    assert abs(fresh - loss) > 1e-2, (fresh, loss)
+    white = dde.DenoisingDensityEstimator(
+        nets.residual_energy_mlp(2, 2, 16, bound_kind="tanh", bound=3.0), noise_std=0.1,
+        base=_mixture_base(two_clusters), smooth_base=False, objective="likelihood",
+        whiten=True, base_pool_size=8192, seed=0)
+    white.compile(optimizer="adam")
+    white.fit(two_clusters, epochs=1, batch_size=200, verbose=0)
+    moved = white.base
+    w, mu = np.exp(moved.log_weights.numpy()), moved.means.numpy()
+    assert np.abs(white.base_pool.numpy().mean(0) - w @ mu).max() < 0.1
+    assert np.abs(white.base_pool.numpy().mean(0) - two_clusters.mean(0)).max() > 0.3
 
 
 def test_a_dde_trained_on_a_base_pool_beats_its_base_like_one_on_fresh_draws():
@@ -348,23 +394,34 @@ def test_validation_reuses_the_base_draws_with_the_estimates_of_fresh_ones(two_c
     base = _mixture_base(two_clusters)
     model = _pooled_model(base, 2048)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    selector = dde.ValidationLogLikelihood(two_clusters[400:], num_samples=5000, seed=4)
+    selector = dde.ValidationLogLikelihood(two_clusters[400:], num_samples=5000, seed=4,
+                                           batch_size=1024)  # five batches, one partial
     fresh = []
 
     class Fresh(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            fresh.append(self.model.normalize(num_samples=5000, seed=4).log_z)
+            fresh.append(self.model.normalize(num_samples=5000, seed=4,
+                                              batch_size=1024).log_z)
 
     model.fit(two_clusters[:400], epochs=3, batch_size=100, verbose=0,
               callbacks=[selector, Fresh()])
     logged = [h["val_log_z"] for h in selector.history]
     np.testing.assert_allclose(logged, fresh, rtol=0, atol=1e-12)
     assert len(set(np.round(logged, 9))) == 3  # the model changed between epochs
-    q, draws = dde.partition.model_proposal_draws(model, 5000, 4)
+    q, draws = dde.partition.model_proposal_draws(model, 5000, 4, batch_size=1024)
     assert selector.proposal_draws[0] is q  # the memoized default proposal
-    again = model.normalize(num_samples=5000, seed=4, proposal=q, draws=draws)
+    again = model.normalize(num_samples=5000, seed=4, proposal=q, draws=draws,
+                            batch_size=1024)
     assert again.log_z == pytest.approx(fresh[-1], abs=1e-12)
     assert again.diagnostics["given_draws"]
+    # a changed base is a new proposal: the callback draws it again
+    model.base.set_parameters(np.exp(model.base.log_weights.numpy()),
+                              model.base.means.numpy() + 0.5, model.base.covariances())
+    assert model.default_proposal() is not q
+    selector.evaluate()
+    assert selector.proposal_draws[0] is model.default_proposal()
+    assert selector.evaluate()["val_log_z"] == pytest.approx(
+        model.normalize(num_samples=5000, seed=4, batch_size=1024).log_z, abs=1e-12)
     with pytest.raises(ValueError, match="5000 samples"):
         model.normalize(num_samples=4000, seed=4, proposal=q, draws=draws)
     with pytest.raises(ValueError, match="method='is'"):

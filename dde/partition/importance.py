@@ -3,14 +3,15 @@
     log Ẑ = logsumexp_i( f(x_i) − log q(x_i) ) − log M,        x_i ~ q, i = 1..M,
 
 in batches, each folded into the running weight statistics of `dde.partition.weights`
-(memory O(batch), whatever M). The batch step is compiled once per (log_density_fn, proposal)
+(memory O(batch), whatever M; O(M·d) with given draws). The batch step is compiled once per (log_density_fn, proposal)
 and cached while both live, so repeated estimates (other seeds or sample sizes) do not trace
 again.
 
 `proposal_draws(proposal, m, seed, batch_size)` draws the same samples, with their log q,
 once: passed back as `draws=`, estimates of changing energies (a model during training) reuse
 them (common random numbers) without drawing again — the cost that dominates when sampling q
-is expensive, as for an autoregressive flow (d passes per draw).
+is expensive, as for an autoregressive flow (d passes per draw). The draws are those of the
+uncompiled step; with `jit_compile=True` XLA may draw other numbers from the same seeds.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from dde._cache import compiled_function, weak
+from dde._validation import check_positive, sanitize_seed
 from dde.partition.results import LogPartitionResult
 from dde.partition.weights import (coverage_check, finalize, is_reliable,
                                    missing_mass_error, pareto_tail_size, reported_stderr,
@@ -75,8 +77,14 @@ def _batch_seed(seed, b):
 
 def proposal_draws(proposal, m: int, seed, batch_size: int = 8192):
     """(x [m, d] in the proposal's dtype, log q(x) [m] float64): the m draws of `proposal` that
-    `importance_sampling` with the same (m, seed, batch_size) uses (seed: int64 [2], after
-    `sanitize_seed`), to pass back as `draws=`."""
+    `importance_sampling` with the same (m, seed, batch_size) and jit_compile=False uses
+    (seed: [2] as the estimators use it, i.e. `sanitize_seed(s, SEED_SALT)` of a user's
+    seed s; an int is sanitized with salt 0), to pass back as `draws=`."""
+    check_positive(m, "m", integer=True)
+    check_positive(batch_size, "batch_size", integer=True)
+    seed = sanitize_seed(seed)
+    m, batch_size = int(m), int(batch_size)
+
     @tf.function(reduce_retracing=True)
     def draw(batch_seed, n):
         x = proposal.sample(n, seed=batch_seed)
@@ -89,8 +97,8 @@ def proposal_draws(proposal, m: int, seed, batch_size: int = 8192):
 
 
 def check_draws(draws, m: int, d: int, dtype):
-    """draws = (x [m, d] as `dtype`, log q [m] float64) tensors, or a ValueError naming the
-    mismatch."""
+    """draws = (x [m, d] as `dtype`, log q [m] float64) tensors; a TypeError when draws is not
+    a pair, a ValueError naming the mismatch of shapes or counts."""
     if not (isinstance(draws, (tuple, list)) and len(draws) == 2):
         raise TypeError("draws must be a pair (samples [M, d], log q [M]) from "
                         "dde.partition.proposal_draws.")
