@@ -169,6 +169,13 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - _START:7.1f}s] {msg}", flush=True)
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MiB (`getrusage`; Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def mean_and_se(values) -> tuple[float, float]:
     """(mean, standard error) of per-example log-likelihoods."""
     v = np.asarray(values, dtype=np.float64)
@@ -846,6 +853,9 @@ def main(argv=None) -> int:
     for i, name in enumerate(names):
         report["datasets"][name] = run_dataset(name, args.data_dir, methods, budget,
                                                args.seed)
+        # the process's peak resident memory so far (data sets run in order, so the first
+        # set's figure is its own; later ones include the earlier sets' peaks)
+        report["datasets"][name]["peak_rss_mb"] = peak_rss_mb()
         report["complete"] = i == len(names) - 1
         text, note = _write_report(report, methods, out)  # after every data set
     print("\n" + text + ("\n\n" + note if note else ""))

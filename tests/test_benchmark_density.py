@@ -31,6 +31,9 @@ def test_quick_run_writes_results_json(tmp_path, capsys):
     assert report["benchmark"] == "density" and report["quick"] is True
     ds = report["datasets"]["iris"]
     assert ds["d"] == 4 and ds["sizes"] == {"train": 90, "validation": 30, "test": 30}
+    assert 50 < ds["peak_rss_mb"] < 24 * 1024  # MiB: a TensorFlow process, not KiB or bytes
+    candidates = ds["methods"]["DDE-IS"]["candidates"]
+    assert {c["base"] for c in candidates} == {"gmm", "flow"}  # the RQ-NSF flow as a base
     assert set(ds["methods"]) == set(bench.METHODS)
     for name, r in ds["methods"].items():
         assert "error" not in r, (name, r.get("error"))
