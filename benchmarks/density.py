@@ -5,6 +5,7 @@ and a score network's probability-flow likelihood, on the same splits.
     python benchmarks/density.py --dataset NAME[,NAME...] [--data-dir DIR] [--quick]
                                  [--methods M1,M2] [--max-steps N] [--seed S] [--out FILE]
                                  [--nsf-structure autoregressive|coupling] [--threads N]
+    python benchmarks/density.py merge A.json B.json ... --out FILE   # runs on disjoint sets
 
 NAME is anything `dde.datasets.load_dataset` accepts: scikit-learn's UCI sets (`iris`,
 `wine`, `breast_cancer`, `digits`), ADBench files (`adbench:magic.gamma`, …, in DIR or
@@ -67,6 +68,7 @@ markdown is also written next to the JSON (`.md`). `--quick` runs a tiny budget 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -786,7 +788,53 @@ def run_dataset(name: str, data_dir, methods, budget: Budget, seed: int) -> dict
     return entry
 
 
+def merge_reports(paths, out) -> int:
+    """`density.py merge a.json b.json ... --out c.json`: one report from runs of this script
+    on disjoint data sets (e.g. run side by side, one core each) with the same budget and
+    seed; data sets in the order given, every part's command recorded."""
+    parts = []
+    for path in paths:
+        try:
+            parts.append(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            print(f"density.py merge: error: cannot read {path}: {err}", file=sys.stderr)
+            return 2
+    for path, part in zip(paths, parts):
+        if part.get("benchmark") != "density" or not part.get("complete"):
+            print(f"density.py merge: error: {path} is not a complete density report",
+                  file=sys.stderr)
+            return 2
+        if (part["budget"], part["seed"]) != (parts[0]["budget"], parts[0]["seed"]):
+            print(f"density.py merge: error: {path} ran with another budget or seed than "
+                  f"{paths[0]}", file=sys.stderr)
+            return 2
+    datasets = {}
+    for path, part in zip(paths, parts):
+        for name, record in part["datasets"].items():
+            if name in datasets:
+                print(f"density.py merge: error: {name} is in more than one report",
+                      file=sys.stderr)
+                return 2
+            datasets[name] = record
+    methods = [m for m in METHODS if any(m in part["methods"] for part in parts)]
+    report = {**parts[0], "command": " ; ".join(part["command"] for part in parts),
+              "commands": [part["command"] for part in parts], "methods": methods,
+              "datasets": datasets, "complete": True,
+              "part_wall_times_s": [part.get("wall_time_s") for part in parts]}
+    text, note = _write_report(report, methods, Path(out))
+    print("\n" + text + ("\n\n" + note if note else ""))
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["merge"]:
+        merge = argparse.ArgumentParser(prog="density.py merge",
+                                        description=merge_reports.__doc__.split("\n")[0])
+        merge.add_argument("reports", nargs="+", help="JSON reports of this script")
+        merge.add_argument("--out", required=True, help="JSON output file")
+        margs = merge.parse_args(argv[1:])
+        return merge_reports(margs.reports, margs.out)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", action="append", required=True,
                         help="data set name (comma-separated or repeated for several)")

@@ -60,6 +60,20 @@ def test_quick_run_writes_results_json(tmp_path, capsys):
     for label in bench.LABELS.values():
         assert label in text
     assert "| iris | 4 | 90 / 30 / 30 |" in capsys.readouterr().out
+    # `merge` joins runs on disjoint data sets into one report; a set in two runs is an error
+    other = json.loads(out.read_text())
+    other["datasets"] = {"iris-copy": other["datasets"]["iris"]}
+    other["command"] = "python benchmarks/density.py --dataset iris-copy"
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps(other))
+    merged = tmp_path / "merged.json"
+    assert bench.main(["merge", str(out), str(second), "--out", str(merged)]) == 0
+    joined = json.loads(merged.read_text())
+    assert list(joined["datasets"]) == ["iris", "iris-copy"]
+    assert joined["commands"] == [report["command"], other["command"]]
+    assert "| iris-copy | 4 |" in merged.with_suffix(".md").read_text()
+    assert bench.main(["merge", str(out), str(out), "--out", str(merged)]) == 2
+    assert "more than one report" in capsys.readouterr().err
 
 
 def test_coupling_spline_flow_is_selectable(tmp_path):
