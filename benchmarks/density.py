@@ -791,7 +791,8 @@ def run_dataset(name: str, data_dir, methods, budget: Budget, seed: int) -> dict
 def merge_reports(paths, out) -> int:
     """`density.py merge a.json b.json ... --out c.json`: one report from runs of this script
     on disjoint data sets (e.g. run side by side, one core each) with the same budget and
-    seed; data sets in the order given, every part's command recorded."""
+    seed; data sets in the order given, every part's command recorded. A run stopped early
+    contributes the data sets it finished (each is written when it ends)."""
     parts = []
     for path in paths:
         try:
@@ -800,8 +801,8 @@ def merge_reports(paths, out) -> int:
             print(f"density.py merge: error: cannot read {path}: {err}", file=sys.stderr)
             return 2
     for path, part in zip(paths, parts):
-        if part.get("benchmark") != "density" or not part.get("complete"):
-            print(f"density.py merge: error: {path} is not a complete density report",
+        if part.get("benchmark") != "density" or not part.get("datasets"):
+            print(f"density.py merge: error: {path} is not a density report with results",
                   file=sys.stderr)
             return 2
         if (part["budget"], part["seed"]) != (parts[0]["budget"], parts[0]["seed"]):
@@ -818,7 +819,10 @@ def merge_reports(paths, out) -> int:
             datasets[name] = record
     methods = [m for m in METHODS if any(m in part["methods"] for part in parts)]
     report = {**parts[0], "command": " ; ".join(part["command"] for part in parts),
-              "commands": [part["command"] for part in parts], "methods": methods,
+              "commands": [part["command"] for part in parts],
+              "parts": [{"command": part["command"], "datasets": list(part["datasets"]),
+                         "complete": bool(part.get("complete"))} for part in parts],
+              "methods": methods,
               "datasets": datasets, "complete": True,
               "part_wall_times_s": [part.get("wall_time_s") for part in parts]}
     text, note = _write_report(report, methods, Path(out))
