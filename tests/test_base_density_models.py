@@ -128,6 +128,25 @@ def test_the_ess_penalty_is_log_m_over_ess_and_zero_for_the_untrained_model(two_
                                 ess_penalty=0.3)
 
 
+def _fit_on_8gaussians(pool_size):
+    """A likelihood-trained DDE (`_pooled_model`, 2×64) on a single-Gaussian base fitted to
+    4,000 8gaussians rows, 1,500 steps with validation-ALL early stopping: (model, selector,
+    test rows [1000, 2], the base's test ALL)."""
+    x = dde.datasets.toy.sample("8gaussians", 6000, seed=0).astype(np.float32)
+    train, val, test = x[:4000], x[4000:5000], x[5000:6000]
+    base = bases.fit_gaussian_base(train)
+    base_all = float(np.mean(base.log_prob(tf.constant(test))))
+    keras.utils.set_random_seed(0)
+    model = _pooled_model(base, pool_size)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    data = tf.data.Dataset.from_tensor_slices(train).shuffle(4000, seed=0).repeat().batch(256)
+    selector = dde.ValidationLogLikelihood(val, num_samples=20_000)
+    model.fit(data, epochs=6, steps_per_epoch=250, verbose=0, callbacks=[
+        selector, keras.callbacks.EarlyStopping("val_all", mode="max", patience=3,
+                                                restore_best_weights=True)])
+    return model, selector, test, base_all
+
+
 def test_a_briefly_trained_base_density_dde_beats_its_base_on_test_data():
     """8gaussians (exact density known): a likelihood-trained DDE on a single-Gaussian base
     (1,500 steps, 2×64 network) gains ≥ 0.5 nats of test ALL over the base, with log Ẑ by
@@ -136,21 +155,7 @@ def test_a_briefly_trained_base_density_dde_beats_its_base_on_test_data():
     own. Measured with this seed: base −4.26, trained −3.05, exact density −2.80 nats, so a
     failure means the training or normalization is broken (chance failure: none, the run
     is deterministic on one machine; across machines the margin is 2.4× the threshold)."""
-    x = dde.datasets.toy.sample("8gaussians", 6000, seed=0).astype(np.float32)
-    train, val, test = x[:4000], x[4000:5000], x[5000:6000]
-    base = bases.fit_gaussian_base(train)
-    base_all = float(np.mean(base.log_prob(tf.constant(test))))
-    keras.utils.set_random_seed(0)
-    model = dde.DenoisingDensityEstimator(
-        nets.residual_energy_mlp(2, 2, 64, activation="swish", bound=5.0, bound_kind="tanh"),
-        noise_std=0.1, base=base, smooth_base=False, objective="likelihood",
-        ess_penalty=0.3, num_base_samples=512, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    data = tf.data.Dataset.from_tensor_slices(train).shuffle(4000, seed=0).repeat().batch(256)
-    selector = dde.ValidationLogLikelihood(val, num_samples=20_000)
-    model.fit(data, epochs=6, steps_per_epoch=250, verbose=0, callbacks=[
-        selector, keras.callbacks.EarlyStopping("val_all", mode="max", patience=3,
-                                                restore_best_weights=True)])
+    model, selector, test, base_all = _fit_on_8gaussians(pool_size=None)
     stored = float(model.log_z.numpy())
     best = max(selector.history, key=lambda h: h["val_all"])
     assert stored == pytest.approx(best["val_log_z"], abs=1e-9)
@@ -370,18 +375,7 @@ def test_a_dde_trained_on_a_base_pool_beats_its_base_like_one_on_fresh_draws():
     base, with log Ẑ from fresh base draws. Measured with this seed: base −4.26, pooled
     −3.15 (fresh draws, the test above: −3.05); deterministic on one machine (chance
     failure: none), the margin 2.2× the threshold."""
-    x = dde.datasets.toy.sample("8gaussians", 6000, seed=0).astype(np.float32)
-    train, val, test = x[:4000], x[4000:5000], x[5000:6000]
-    base = bases.fit_gaussian_base(train)
-    base_all = float(np.mean(base.log_prob(tf.constant(test))))
-    keras.utils.set_random_seed(0)
-    model = _pooled_model(base, 16_384)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3))
-    data = tf.data.Dataset.from_tensor_slices(train).shuffle(4000, seed=0).repeat().batch(256)
-    selector = dde.ValidationLogLikelihood(val, num_samples=20_000)
-    model.fit(data, epochs=6, steps_per_epoch=250, verbose=0, callbacks=[
-        selector, keras.callbacks.EarlyStopping("val_all", mode="max", patience=3,
-                                                restore_best_weights=True)])
+    model, _, test, base_all = _fit_on_8gaussians(pool_size=16_384)
     r = model.normalize(num_samples=100_000, seed=5)
     test_all = float(np.mean(model.log_density(test))) - r.log_z
     assert r.reliable and test_all > base_all + 0.5, (test_all, base_all)
