@@ -66,6 +66,9 @@ from dde.training import DSMModel, first_component, mean_and_covariance, weighte
 _INFERENCE_BATCH = 8192
 #: The salt of the seed stream of the base pool (see `dde._validation.sanitize_seed`).
 BASE_POOL_SALT = 7
+#: The largest |log Ẑ| stored. Beyond it float32 energies resolve log-densities f − log Ẑ
+#: only to 2⁻²⁴·|log Ẑ| > 0.06 nats, and such a value only arises from energies far off scale.
+MAX_ABS_LOG_Z = 1e6
 
 
 class _BasePool:
@@ -77,9 +80,6 @@ class _BasePool:
     def __init__(self):
         self.samples = None  # tf.Variable [P, d] once drawn
         self.draws = 0
-#: The largest |log Ẑ| stored. Beyond it float32 energies resolve log-densities f − log Ẑ
-#: only to 2⁻²⁴·|log Ẑ| > 0.06 nats, and such a value only arises from energies far off scale.
-MAX_ABS_LOG_Z = 1e6
 
 
 class EnergyModel(DSMModel):

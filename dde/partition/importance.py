@@ -3,9 +3,9 @@
     log Ẑ = logsumexp_i( f(x_i) − log q(x_i) ) − log M,        x_i ~ q, i = 1..M,
 
 in batches, each folded into the running weight statistics of `dde.partition.weights`
-(memory O(batch), whatever M; O(M·d) with given draws). The batch step is compiled once per (log_density_fn, proposal)
-and cached while both live, so repeated estimates (other seeds or sample sizes) do not trace
-again.
+(memory O(batch), whatever M; O(M·d) with given draws). The batch step is compiled once per
+(log_density_fn, proposal) and cached while both live, so repeated estimates (other seeds or
+sample sizes) do not trace again.
 
 `proposal_draws(proposal, m, seed, batch_size)` draws the same samples, with their log q,
 once: passed back as `draws=`, estimates of changing energies (a model during training) reuse
@@ -75,6 +75,22 @@ def _batch_seed(seed, b):
                    tf.int32)
 
 
+def _draw_step(proposal):
+    """The compiled batch draw (batch_seed, n) → (x, log q(x)) of `proposal`, cached while it
+    lives (the step `_is_step` draws with, without the weights)."""
+    get_q = weak(proposal)
+
+    def build():
+        @tf.function(reduce_retracing=True)
+        def draw(batch_seed, n):
+            q = get_q()
+            x = q.sample(n, seed=batch_seed)
+            return x, tf.cast(q.log_prob(x), tf.float64)
+        return draw
+
+    return compiled_function(proposal, "proposal_draws", build)
+
+
 def proposal_draws(proposal, m: int, seed, batch_size: int = 8192):
     """(x [m, d] in the proposal's dtype, log q(x) [m] float64): the m draws of `proposal` that
     `importance_sampling` with the same (m, seed, batch_size) and jit_compile=False uses
@@ -85,11 +101,7 @@ def proposal_draws(proposal, m: int, seed, batch_size: int = 8192):
     seed = sanitize_seed(seed)
     m, batch_size = int(m), int(batch_size)
 
-    @tf.function(reduce_retracing=True)
-    def draw(batch_seed, n):
-        x = proposal.sample(n, seed=batch_seed)
-        return x, tf.cast(proposal.log_prob(x), tf.float64)
-
+    draw = _draw_step(proposal)
     parts = [draw(_batch_seed(seed, b), tf.constant(min(batch_size, m - b * batch_size),
                                                     tf.int32))
              for b in range(-(-m // batch_size))]
