@@ -518,7 +518,9 @@ def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
     ("DDE (IS)", the training data as reference samples of the coverage check) and AIS from
     the base (HMC, `final_ais_chains` × `final_ais_steps`, "DDE (AIS)"). Their difference in
     combined standard errors is the agreement column; a row is unreliable when its own
-    estimate is (k̂, ESS, coverage), when ESS < 100, or when the two differ by > 3·SE."""
+    estimate is (k̂, ESS, coverage), when ESS < 100, or when the two differ by > 3·SE.
+    A selected candidate that never beat its base is the base exactly (`_base_itself`:
+    log Ẑ = 0, no sampling)."""
     flow = (context or {}).get("RQ-NSF")
     t0 = time.perf_counter()
     candidates, best = [], None
@@ -539,6 +541,8 @@ def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
                 best = (entry, model)
     entry, model = best
     train_time = time.perf_counter() - t0
+    if entry["best_step"] == 0:
+        return _base_itself(model, entry, candidates, splits, train_time)
     out = {}
     t1 = time.perf_counter()
     with warnings.catch_warnings():
@@ -562,9 +566,7 @@ def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
     agreement = {"is_minus_ais": gap, "combined_se": gap_se,
                  "in_se": abs(gap) / gap_se if gap_se > 0 else (0.0 if gap == 0 else math.inf)}
     agree = agreement["in_se"] <= 3.0
-    selected = {k: entry[k] for k in ("base", "base_smoothing", "best_step")}
-    if "base_components" in entry:
-        selected["base_components"] = entry["base_components"]
+    selected = _selected(entry)
     for name, z, test, ll, val, seconds in (("DDE-IS", z_is, test_is, ll_is, val_is, is_time),
                                            ("DDE-AIS", z_ais, test_ais, ll_ais, val_ais,
                                             ais_time)):
@@ -578,6 +580,39 @@ def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
                  log_z=z.log_z, log_z_stderr=z.stderr, ess=z.ess)
         out[name] = r
     out["DDE-AIS"]["acceptance_rate"] = z_ais.diagnostics.get("acceptance_rate")
+    return out
+
+
+def _selected(entry) -> dict:
+    selected = {k: entry[k] for k in ("base", "base_smoothing", "best_step")}
+    if "base_components" in entry:
+        selected["base_components"] = entry["base_components"]
+    return selected
+
+
+def _base_itself(model, entry, candidates, splits, train_time) -> dict:
+    """The rows of a selected candidate that never beat its base (best step 0): its
+    residual's last layer is zero, so g ≡ 0 and f = log q is normalized by construction —
+    log Ẑ = 0 exactly, which is also what IS under q (every weight e^g = 1) and AIS from q
+    (every intermediate density is q) return for any number of draws. Checked on the test
+    points (g = 0 there exactly), then stored without sampling; both rows are that density."""
+    t1 = time.perf_counter()
+    g = np.asarray(model.network(splits.test.astype(np.float32)))
+    if np.any(g != 0):
+        raise RuntimeError(f"the selected candidate (step 0) has a non-zero residual "
+                           f"(max |g| {np.abs(g).max():.3g}): its weights were not reset")
+    model.set_log_partition(0.0, 0.0, reliable=True)
+    test, ll = _all_of(model, splits.test)
+    val = _all_of(model, splits.validation)[0]
+    seconds = time.perf_counter() - t1
+    agreement = {"is_minus_ais": 0.0, "combined_se": 0.0, "in_se": 0.0, "exact": True}
+    out = {}
+    for name in ("DDE-IS", "DDE-AIS"):
+        r = result(ll, val_all=val.mean, train_time=train_time, eval_time=seconds,
+                   selected=_selected(entry), candidates=candidates, agreement=agreement,
+                   unreliable=False, unreliable_reasons=[], exact_log_z="g ≡ 0")
+        r.update(test_all=test.mean, stderr=test.stderr, test_se=test.test_stderr)
+        out[name] = r
     return out
 
 
@@ -664,13 +699,16 @@ def markdown(report: dict, methods) -> str:
                              "| | | | | | | | | |")
                 continue
             z, k, agree = "exact", "—", "—"
+            if r.get("exact_log_z"):
+                z = f"0 ({r['exact_log_z']})"
             if r.get("log_z") is not None:
                 z = f"{r['log_z']:.2f} ± {r['log_z_stderr']:.3f} ({r['ess']:.0f})"
             if r.get("pareto_k") is not None:
                 k = f"{r['pareto_k']:.2f}"
             if r.get("agreement"):
                 a = r["agreement"]
-                agree = f"{a['is_minus_ais']:+.3f} ({a['in_se']:.1f})"
+                agree = ("0 (exact)" if a.get("exact")
+                         else f"{a['is_minus_ais']:+.3f} ({a['in_se']:.1f})")
             sel = ", ".join(f"{k}={v}" for k, v in (r.get("selected") or {}).items())
             val = "—" if r.get("val_all") is None else f"{r['val_all']:.2f}"
             lines.append(f"| {name} | {LABELS[m]} | {_cell(r)} | {r['test_median']:.2f} | "

@@ -117,3 +117,43 @@ def test_unreliable_rows_are_marked_and_never_bolded():
     assert "**-1.00" not in text
     assert "best or within 2·SE of the best on 0 of 1" in bench.goal_summary(
         report, ["GMM", "DDE-IS"])
+
+
+def test_a_candidate_that_never_beat_its_base_is_its_base_exactly():
+    """A selected candidate at step 0 has g ≡ 0: its rows are the base's normalized density
+    (log Ẑ = 0 exactly, no sampling; test ALL = the mean of log q), both marked exact; a
+    residual that is not zero is refused."""
+    import types
+
+    import numpy as np
+
+    import dde
+    from dde import bases, nets
+
+    bench = _load_script()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 2)) @ np.array([[1.0, 0.5], [0.0, 0.7]])
+    splits = types.SimpleNamespace(train=x[:200], validation=x[200:250], test=x[250:])
+    base = bases.fit_gaussian_base(splits.train)
+    model = dde.DenoisingDensityEstimator(nets.residual_energy_mlp(2, 2, 8, bound=3.0,
+                                                                   bound_kind="tanh"),
+                                          noise_std=0.1, base=base, smooth_base=False,
+                                          seed=0)
+    model.ensure_built(2)
+    entry = {"base": "gmm", "base_smoothing": 0.0, "best_step": 0, "base_components": 1}
+    out = bench._base_itself(model, entry, [entry], splits, train_time=1.0)
+    expected = np.asarray(base.log_prob(splits.test.astype(np.float32)), np.float64)
+    for name in ("DDE-IS", "DDE-AIS"):
+        r = out[name]
+        assert r["exact_log_z"] == "g ≡ 0" and r["agreement"]["exact"]
+        assert not r["unreliable"] and r["log_z"] is None
+        assert abs(r["test_all"] - expected.mean()) < 1e-5
+    assert float(model.log_z.numpy()) == 0.0
+    text = bench.markdown({"datasets": {"toy": {"d": 2, "sizes": {"train": 200,
+                                                                    "validation": 50,
+                                                                    "test": 50},
+                                                  "methods": out}}}, ["DDE-IS", "DDE-AIS"])
+    assert "0 (g ≡ 0)" in text and "0 (exact)" in text
+    model.network.get_layer("residual").kernel.assign(np.ones((8, 1), np.float32))
+    with pytest.raises(RuntimeError, match="non-zero residual"):
+        bench._base_itself(model, entry, [entry], splits, train_time=1.0)
