@@ -1,7 +1,7 @@
 """Sampling an autoregressive flow: the per-coordinate inverse of `dde.flows` against the
 whole-MADE inverse, side by side in one run.
 
-    python benchmarks/flow_sampling.py [--dims 10,27,64,81] [--n 4096] [--threads 1]
+    python benchmarks/flow_sampling.py [--dims 10,27,64,81] [--n 2048] [--threads 1]
                                        [--quick] [--out FILE]
 
 x = T⁻¹(z) of an autoregressive layer takes d passes (θ_i needs x_{<i}). The reference pass
@@ -109,8 +109,8 @@ def markdown(rows) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dims", default="10,27,64,81")
-    parser.add_argument("--n", type=int, default=4096, help="samples per timed call")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--n", type=int, default=2048, help="samples per timed call")
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None,
                         help="TensorFlow intra- and inter-op threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="d = 3 and 5, 64 samples")
