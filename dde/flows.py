@@ -542,7 +542,8 @@ class AutoregressiveLayer(_TransformLayer):
     def inverse(self, z):
         """x from z by d passes: pass i computes θ_i(x_{<i}) alone (`MADE.coordinate_params`)
         and inverts τ at coordinate i only, so after it x_{≤i} is exact; a pass costs the
-        hidden layers plus O(P) per row, not the whole MADE and d spline inversions."""
+        hidden layers plus H·P multiply-adds and one spline inversion per row (H the last
+        hidden width), not the whole MADE and d spline inversions."""
         d = self.input_dim
         positions = tf.range(d)[None, :]
 
