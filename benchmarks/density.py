@@ -566,24 +566,32 @@ def run_dde(splits, budget: Budget, seed: int, context=None) -> dict:
     agreement = {"is_minus_ais": gap, "combined_se": gap_se,
                  "in_se": abs(gap) / gap_se if gap_se > 0 else (0.0 if gap == 0 else math.inf)}
     agree = agreement["in_se"] <= 3.0
-    selected = _selected(entry)
     for name, z, test, ll, val, seconds in (("DDE-IS", z_is, test_is, ll_is, val_is, is_time),
                                            ("DDE-AIS", z_ais, test_ais, ll_ais, val_ais,
                                             ais_time)):
         reasons = [r for r, bad in (("estimate", not z.reliable), ("ESS < 100", z.ess < 100),
                                     ("IS and AIS differ > 3 SE", not agree)) if bad]
-        r = result(ll, val_all=val.mean, train_time=train_time, eval_time=seconds,
-                   selected=selected, candidates=candidates, num_samples=z.num_samples,
-                   agreement=agreement, unreliable=bool(reasons),
-                   unreliable_reasons=reasons, pareto_k=z.pareto_k)
-        r.update(test_all=test.mean, stderr=test.stderr, test_se=test.test_stderr,
-                 log_z=z.log_z, log_z_stderr=z.stderr, ess=z.ess)
-        out[name] = r
+        out[name] = _dde_row(test, ll, val, entry, candidates, agreement, reasons,
+                             train_time=train_time, eval_time=seconds,
+                             num_samples=z.num_samples, pareto_k=z.pareto_k, log_z=z.log_z,
+                             log_z_stderr=z.stderr, ess=z.ess)
     out["DDE-AIS"]["acceptance_rate"] = z_ais.diagnostics.get("acceptance_rate")
     return out
 
 
+def _dde_row(test, ll, val, entry, candidates, agreement, reasons, *, train_time,
+             eval_time, **extra) -> dict:
+    """A DDE row from the AverageLogLikelihood of the test and validation splits (the test
+    SE combines the test set's and log Ẑ's), ll the per-example test log-likelihoods."""
+    r = result(ll, val_all=val.mean, train_time=train_time, eval_time=eval_time,
+               selected=_selected(entry), candidates=candidates, agreement=agreement,
+               unreliable=bool(reasons), unreliable_reasons=reasons, **extra)
+    r.update(test_all=test.mean, stderr=test.stderr, test_se=test.test_stderr)
+    return r
+
+
 def _selected(entry) -> dict:
+    """The selection record of a DDE row: base, smoothing, best step (and components)."""
     selected = {k: entry[k] for k in ("base", "base_smoothing", "best_step")}
     if "base_components" in entry:
         selected["base_components"] = entry["base_components"]
@@ -606,14 +614,9 @@ def _base_itself(model, entry, candidates, splits, train_time) -> dict:
     val = _all_of(model, splits.validation)[0]
     seconds = time.perf_counter() - t1
     agreement = {"is_minus_ais": 0.0, "combined_se": 0.0, "in_se": 0.0, "exact": True}
-    out = {}
-    for name in ("DDE-IS", "DDE-AIS"):
-        r = result(ll, val_all=val.mean, train_time=train_time, eval_time=seconds,
-                   selected=_selected(entry), candidates=candidates, agreement=agreement,
-                   unreliable=False, unreliable_reasons=[], exact_log_z="g ≡ 0")
-        r.update(test_all=test.mean, stderr=test.stderr, test_se=test.test_stderr)
-        out[name] = r
-    return out
+    return {name: _dde_row(test, ll, val, entry, candidates, agreement, [],
+                           train_time=train_time, eval_time=seconds, exact_log_z="g ≡ 0")
+            for name in ("DDE-IS", "DDE-AIS")}
 
 
 # ------------------------------------------------------------------- score network (PF)

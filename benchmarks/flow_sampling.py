@@ -98,7 +98,7 @@ def measure(d: int, n: int, repeats: int) -> dict:
 
 def markdown(rows) -> str:
     lines = ["| d | n | whole MADE per pass, ms / sample | per coordinate, ms / sample | "
-             "speed-up | max |Δx| | max |T(x) − z| |", "|---|---|---|---|---|---|---|"]
+             "speed-up | max \\|Δx\\| | max \\|T(x) − z\\| |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['d']} | {r['n']} | {r['reference_ms_per_sample']:.3f} | "
                      f"{r['per_coordinate_ms_per_sample']:.3f} | {r['speedup']:.1f}× | "
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         dims = [int(v) for v in args.dims.split(",")]
-        if not dims or min(dims) < 1 or args.n < 1 or args.repeats < 1:
+        if min(dims) < 1 or args.n < 1 or args.repeats < 1:
             raise ValueError
     except ValueError:
         print(f"error: --dims must be positive integers separated by commas and --n, "
